@@ -1,0 +1,41 @@
+# The project's commands. `make demo` runs the main job end to end on real
+# Kafka and PostgreSQL (started from deploy/); `make test` runs the tests.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: venv demo test lint schemas stack-start stack-stop clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] in ((3, 11), (3, 12)), \
+		"focus-ledger needs Python 3.11 or 3.12, found " + sys.version' 
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -e ".[test]"
+	@touch $@
+
+demo: venv
+	deploy/stack.sh start
+	eval "$$(deploy/stack.sh env)" && $(BIN)/focus-ledger demo
+
+test: venv
+	deploy/test.sh
+
+lint: venv
+	$(BIN)/ruff check ledger service tests
+	$(BIN)/ruff format --check ledger service tests
+	$(BIN)/mypy ledger service tests
+
+schemas: venv
+	$(BIN)/focus-ledger schemas --out docs/schemas
+
+stack-start:
+	deploy/stack.sh start
+
+stack-stop:
+	deploy/stack.sh stop
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

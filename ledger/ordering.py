@@ -1,0 +1,191 @@
+"""Event-time ordering of two input topics, within a bounded window.
+
+Purchases and usage arrive on different topics, so a top-up and the usage a
+second later may be read in either order. Applying them in arrival order would
+bill that usage as a shortfall. The sequencer holds each event briefly and
+releases events in their total order (time, rank, source, id, see
+`ledger.events.Event.order_key`).
+
+Events are grouped by partition number: with both topics keyed by billing
+account and partitioned alike, one partition number holds all events of its
+accounts. An event is released when either
+
+- the partition's event time has moved `window` past it on *every* input
+  topic: the slowest topic decides, so usage read ahead of a lagging (or not
+  yet read) purchases topic waits for the purchases to catch up; or
+- it has been held for `hold_max_s` seconds of processing time, so that a
+  quiet partition still moves;
+
+and always together with every held event that sorts before it. While events
+are held, their input offsets are not committed: after a crash they are read
+again (see `resume_offsets`), so holding loses nothing.
+
+An event that arrives after a later event of its partition was released is
+*late*. It is released at once and applied after the events already applied;
+the ledger counts it. Size the window and the hold for the skew between the
+producers of the two topics.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from ledger.events import Event
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Position:
+    """Where a record was read: topic, partition and offset."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass(slots=True)
+class Held:
+    """An event waiting for its turn, with where it came from."""
+
+    event: Event
+    position: Position
+    arrived_s: float
+    origin: object = None
+    late: bool = False
+    released: bool = False
+
+    def __lt__(self, other: Held) -> bool:
+        return (self.event.order_key, self.position) < (
+            other.event.order_key,
+            other.position,
+        )
+
+
+@dataclass(slots=True)
+class _Stream:
+    heap: list[Held] = field(default_factory=list)
+    arrivals: deque[Held] = field(default_factory=deque)
+    time_max: dict[str, datetime] = field(default_factory=dict)
+    last_released: tuple[datetime, int, str, str] | None = None
+
+
+class Sequencer:
+    """Holds events per partition number and releases them in order."""
+
+    def __init__(
+        self,
+        topics: tuple[str, ...],
+        window: timedelta,
+        hold_max_s: float,
+        held_max: int = 200_000,
+    ) -> None:
+        self.topics = topics
+        self.window = window
+        self.hold_max_s = hold_max_s
+        self.held_max = held_max
+        self._streams: dict[int, _Stream] = {}
+        self._held_offsets: dict[tuple[str, int], list[int]] = {}
+        self._released_offsets: dict[tuple[str, int], set[int]] = {}
+        self._next_offsets: dict[tuple[str, int], int] = {}
+        self._held_count = 0
+
+    def __len__(self) -> int:
+        return self._held_count
+
+    def add(
+        self, event: Event, position: Position, now_s: float, origin: object = None
+    ) -> None:
+        """Hold an event; `origin` (the raw record) travels with it untouched."""
+        stream = self._streams.setdefault(position.partition, _Stream())
+        held = Held(event, position, now_s, origin)
+        if stream.last_released is not None and event.order_key < stream.last_released:
+            held.late = True
+        heapq.heappush(stream.heap, held)
+        stream.arrivals.append(held)
+        topic_max = stream.time_max.get(position.topic)
+        if topic_max is None or event.time > topic_max:
+            stream.time_max[position.topic] = event.time
+        tp = (position.topic, position.partition)
+        heapq.heappush(self._held_offsets.setdefault(tp, []), position.offset)
+        self.seen(position)
+        self._held_count += 1
+
+    def seen(self, position: Position) -> None:
+        """Note a record that needs no holding (a rejection): it is handled."""
+        tp = (position.topic, position.partition)
+        self._next_offsets[tp] = max(self._next_offsets.get(tp, 0), position.offset + 1)
+
+    def release(self, now_s: float, *, flush: bool = False) -> list[Held]:
+        """Remove and return every event whose turn has come, in order.
+
+        With `flush`, every held event's turn has come (the end of a replay).
+        """
+        released: list[Held] = []
+        for stream in self._streams.values():
+            while stream.heap and (flush or self._due(stream, now_s)):
+                held = heapq.heappop(stream.heap)
+                self._held_count -= 1
+                held.released = True
+                stream.last_released = held.event.order_key
+                released.append(held)
+                self._forget_offset(held.position)
+        return released
+
+    def _due(self, stream: _Stream, now_s: float) -> bool:
+        top = stream.heap[0]
+        if top.late or self._held_count > self.held_max:
+            return True
+        if len(stream.time_max) == len(self.topics) and top.event.time <= (
+            min(stream.time_max.values()) - self.window
+        ):
+            return True
+        while stream.arrivals and stream.arrivals[0].released:
+            stream.arrivals.popleft()
+        if not stream.arrivals:
+            return False
+        oldest = stream.arrivals[0]
+        return now_s - oldest.arrived_s >= self.hold_max_s and not oldest < top
+
+    def _forget_offset(self, position: Position) -> None:
+        """Offsets leave in event order, not offset order: pop them lazily."""
+        tp = (position.topic, position.partition)
+        offsets = self._held_offsets[tp]
+        released = self._released_offsets.setdefault(tp, set())
+        released.add(position.offset)
+        while offsets and offsets[0] in released:
+            released.discard(heapq.heappop(offsets))
+
+    def settled(self, partition: int, moment: datetime) -> bool:
+        """True when no held event of the partition happened before `moment`."""
+        stream = self._streams.get(partition)
+        return stream is None or not stream.heap or stream.heap[0].event.time >= moment
+
+    def resume_offsets(self) -> dict[tuple[str, int], int]:
+        """Per input partition, the offset to resume from after a restart.
+
+        It is the lowest offset still held, else the next unread one; records
+        between it and the highest handled offset are read again after a
+        restart, and the ledger recognises them as already handled.
+        """
+        resume: dict[tuple[str, int], int] = {}
+        for tp, next_offset in self._next_offsets.items():
+            offsets = self._held_offsets.get(tp)
+            resume[tp] = offsets[0] if offsets else next_offset
+        return resume
+
+    def high_offsets(self) -> dict[tuple[str, int], int]:
+        """Per input partition, one past the highest offset read so far."""
+        return dict(self._next_offsets)
+
+    def drop(self, partitions: set[int]) -> None:
+        """Forget everything of partitions this instance no longer owns."""
+        for partition in partitions:
+            stream = self._streams.pop(partition, None)
+            if stream is not None:
+                self._held_count -= len(stream.heap)
+        for tp in [tp for tp in self._next_offsets if tp[1] in partitions]:
+            self._next_offsets.pop(tp, None)
+            self._held_offsets.pop(tp, None)
+            self._released_offsets.pop(tp, None)

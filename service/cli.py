@@ -1,0 +1,225 @@
+"""The `focus-ledger` command line: one entry point for service, replay and ops.
+
+Every command reads the same configuration as the service (see
+`service.settings`). Exit codes: 0 success, 1 a handled failure (bad input,
+unreachable database), 2 a usage error, 70 the service stopped on a fatal
+condition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ledger import money
+from ledger.errors import LedgerError
+from ledger.prices import PriceList
+from service import database, logs
+from service.database import create_engine
+from service.demo import run_demo
+from service.ingest import EXIT_FATAL, Ingest
+from service.queries import balances
+from service.replay import replay as replay_file
+from service.samples import write_demo_events
+from service.schemas import write_schemas
+from service.settings import Settings
+from service.topics import ensure_topics
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+log = logging.getLogger("service.cli")
+
+EXIT_FAILURE = 1
+
+
+def _settings() -> Settings:
+    return Settings()
+
+
+def _prices(settings: Settings, path: Path | None = None) -> PriceList:
+    source = path or settings.prices_path
+    try:
+        return PriceList.from_toml(source.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise typer.BadParameter(f"cannot read price list {source}: {error}") from None
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    moment = datetime.fromisoformat(value)
+    if moment.tzinfo is None:
+        raise typer.BadParameter("times need a UTC offset, e.g. 2026-11-30T23:00:00Z")
+    return moment.astimezone(UTC)
+
+
+@app.command()
+def serve() -> None:
+    """Run the service: consume, book, publish, until SIGTERM."""
+
+    settings = _settings()
+    logs.configure(settings.log_level, settings.log_format)
+    prices = _prices(settings)
+    log.info(
+        "configuration loaded",
+        extra={
+            "database": logs.safe_url(settings.database_url),
+            "kafka": settings.kafka_bootstrap_servers,
+            "price_list": str(settings.prices_path),
+            "skus": len(prices.skus),
+        },
+    )
+    ingest = Ingest(settings, prices, create_engine(settings))
+    asyncio.run(ingest.app.run())
+    if ingest.state.fatal:
+        raise typer.Exit(EXIT_FATAL)
+
+
+@app.command()
+def migrate() -> None:
+    """Create or upgrade the PostgreSQL schema."""
+
+    settings = _settings()
+    logs.configure(settings.log_level, "text")
+    database.migrate(settings.database_url)
+    typer.echo(f"schema is current on {logs.safe_url(settings.database_url)}")
+
+
+@app.command()
+def topics() -> None:
+    """Create the Kafka topics if missing and check their layout."""
+
+    settings = _settings()
+    counts = asyncio.run(ensure_topics(settings))
+    for topic, partitions in sorted(counts.items()):
+        typer.echo(f"{topic}: {partitions} partitions")
+
+
+@app.command()
+def replay(
+    events: Annotated[Path, typer.Argument(help="JSON Lines file of CloudEvents")],
+    prices: Annotated[Path | None, typer.Option(help="price list (TOML)")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="write FOCUS rows (.csv/.parquet)")
+    ] = None,
+    database: Annotated[
+        str | None, typer.Option(help="database URL; default: a throwaway SQLite")
+    ] = None,
+    as_of: Annotated[
+        str | None, typer.Option(help="expire lots due by this time")
+    ] = None,
+) -> None:
+    """Replay a file of events through the ledger and print the balances."""
+
+    settings = _settings()
+    logs.configure("ERROR", "text")
+    price_list = _prices(settings, prices)
+    if out is not None and out.suffix not in (".csv", ".parquet"):
+        raise typer.BadParameter("--out must end in .csv or .parquet")
+    result = asyncio.run(
+        replay_file(
+            events,
+            price_list,
+            settings,
+            out=out,
+            database_url=database,
+            as_of=_parse_time(as_of),
+        )
+    )
+    typer.echo(
+        f"{result.records} records: {result.applied} applied, {result.duplicates} "
+        f"duplicates, {result.dead_letters} dead letters, {result.late} late"
+    )
+    for line, reason, event_id in result.rejections:
+        typer.echo(f"  line {line}: {reason} (event {event_id or '-'})")
+    _print_balances(result.balances)
+    if out is not None:
+        typer.echo(f"{result.rows} FOCUS rows written to {out}")
+
+
+@app.command()
+def balance(
+    account: Annotated[str | None, typer.Argument(help="billing account id")] = None,
+    as_of: Annotated[str | None, typer.Option(help="instant (RFC 3339)")] = None,
+) -> None:
+    """Print balances from the database."""
+
+    settings = _settings()
+    moment = _parse_time(as_of) or datetime.now(UTC)
+
+    async def run() -> None:
+        engine = create_engine(settings)
+        try:
+            async with engine.connect() as conn:
+                _print_balances(await balances(conn, moment, account))
+        finally:
+            await engine.dispose()
+
+    asyncio.run(run())
+
+
+@app.command()
+def schemas(
+    out: Annotated[Path, typer.Option(help="folder to write")] = Path("docs/schemas"),
+) -> None:
+    """Write the JSON Schemas of the input events and the output rows."""
+    for path in write_schemas(out):
+        typer.echo(f"wrote {path}")
+
+
+@app.command("sample-events")
+def sample_events(
+    out: Annotated[Path, typer.Option(help="where to write")] = Path(
+        "examples/events.jsonl"
+    ),
+) -> None:
+    """Write the demo's sample events (a curated month for five accounts)."""
+
+    typer.echo(f"{write_demo_events(str(out))} lines written to {out}")
+
+
+@app.command()
+def demo(
+    events: Annotated[Path | None, typer.Option(help="JSON Lines events")] = None,
+    timeout_s: Annotated[float, typer.Option(help="wait at most this long")] = 120.0,
+) -> None:
+    """Run the main job end to end on the running Kafka and PostgreSQL."""
+
+    settings = _settings()
+    logs.configure("WARNING", "text")
+    code = asyncio.run(run_demo(settings, events, timeout_s))
+    raise typer.Exit(code)
+
+
+def _print_balances(rows: list) -> None:  # type: ignore[type-arg]
+    if not rows:
+        typer.echo("no balances")
+        return
+    typer.echo(
+        f"{'account':<18} {'cur':<4} {'credits':>18} {'owed':>12} {'value':>14} "
+        f"{'lots':>4}"
+    )
+    for row in rows:
+        typer.echo(
+            f"{row.account_id:<18} {row.currency:<4} {_num(row.credits):>18} "
+            f"{_num(row.owed_credits):>12} {_num(row.value, 2):>10} "
+            f"{row.billing_currency or '':<3} {row.open_lots:>4}"
+        )
+
+
+def _num(value: Decimal, places: int = 0) -> str:
+    return money.text(value, places)
+
+
+def main() -> None:
+    try:
+        app()
+    except LedgerError as error:
+        typer.echo(f"error: {error}", err=True)
+        sys.exit(EXIT_FAILURE)

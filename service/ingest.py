@@ -1,0 +1,348 @@
+"""The Kafka side of the service: a FastStream batch subscriber on aiokafka.
+
+Delivery is decided here, explicitly, never by a library default:
+
+- The consumer commits nothing to Kafka (`AckPolicy.MANUAL`, auto-commit
+  off). Offsets live in PostgreSQL, written in the batch transaction, and on
+  every partition assignment the consumer seeks to them. Kafka's own
+  committed offsets are never read.
+- Input is read `read_committed`, from the earliest offset when PostgreSQL
+  has none (a new group starts at the beginning of the topics).
+- Partitions are handed out by the range assignor, so one instance owns
+  partition N of both input topics (see `service.topics`).
+- One batch is booked at a time (a lock shared with the rebalance listener
+  and the ticker), so a revocation waits for the batch in flight.
+
+A failed batch rolls back; the consumer then seeks back to the committed
+offsets and the batch is read again, after a bounded backoff. After
+`batch_retries_max` consecutive failures, or on a broken invariant, the
+process stops with an error instead of spinning: its orchestrator restarts
+it, and it continues where PostgreSQL says.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from faststream import AckPolicy, FastStream
+from faststream.kafka import KafkaBroker
+from faststream.kafka.annotations import KafkaMessage
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ledger.errors import InvariantError
+from ledger.events import RawRecord
+from ledger.ordering import Position
+from ledger.prices import PriceList
+from service.bookkeeper import BatchReport, Bookkeeper, InputRecord
+from service.relay import Relay
+from service.settings import Settings
+from service.store import FencedError
+from service.topics import ensure_topics
+
+log = logging.getLogger(__name__)
+
+EXIT_FATAL = 70
+
+
+@dataclass(slots=True)
+class IngestState:
+    """What readiness and metrics need to know, updated as batches run."""
+
+    started: bool = False
+    fatal: str | None = None
+    consecutive_failures: int = 0
+    batches: int = 0
+    last_batch_s: float = 0.0
+    last_report: BatchReport | None = None
+    totals: dict[str, int] = field(default_factory=dict)
+
+
+class _PartitionOwner(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Claims partitions in PostgreSQL and seeks to their stored offsets.
+
+    aiokafka logs and swallows an exception raised here; a failure is
+    therefore recorded and handled by the next batch, which claims any
+    partition it reads without owning it.
+    """
+
+    def __init__(self, ingest: Ingest) -> None:
+        self.ingest = ingest
+
+    async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        async with self.ingest.lock:
+            self.ingest.bookkeeper.revoke((tp.topic, tp.partition) for tp in revoked)
+        log.info("partitions revoked", extra={"partitions": _names(revoked)})
+
+    async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        async with self.ingest.lock:
+            try:
+                await self.ingest.claim([(tp.topic, tp.partition) for tp in assigned])
+            except Exception as error:
+                log.error(
+                    "claiming partitions failed; the next batch retries",
+                    extra={"partitions": _names(assigned), "error": repr(error)[:300]},
+                )
+
+
+class Ingest:
+    """The service: subscriber, ticker and relay around one bookkeeper."""
+
+    def __init__(
+        self, settings: Settings, prices: PriceList, engine: AsyncEngine
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.bookkeeper = Bookkeeper(engine, prices, settings)
+        self.relay = Relay(engine, settings)
+        self.lock = asyncio.Lock()
+        self.state = IngestState()
+        self._stopping = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._last_sweep_s = 0.0
+        self.broker = KafkaBroker(
+            settings.kafka_bootstrap_servers,
+            client_id=settings.client_id,
+            allow_auto_create_topics=False,
+            graceful_timeout=settings.shutdown_grace_s,
+            request_timeout_ms=30_000,
+            logger=logging.getLogger("service.faststream"),
+            log_level=logging.DEBUG,
+        )
+        self.subscriber = self.broker.subscriber(
+            settings.topic_purchases,
+            settings.topic_usage,
+            group_id=settings.group_id,
+            batch=True,
+            max_records=settings.batch_records_max,
+            batch_timeout_ms=settings.batch_wait_ms,
+            ack_policy=AckPolicy.MANUAL,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
+            partition_assignment_strategy=(RangePartitionAssignor,),
+            listener=_PartitionOwner(self),
+            session_timeout_ms=settings.consumer_session_timeout_ms,
+            heartbeat_interval_ms=settings.consumer_heartbeat_interval_ms,
+            max_poll_interval_ms=settings.consumer_max_poll_interval_ms,
+            max_partition_fetch_bytes=settings.consumer_fetch_partition_bytes_max,
+            decoder=_undecoded,
+            title="ledger-input",
+            description="Credit purchases, refunds and usage, as CloudEvents 1.0.",
+        )
+        self.subscriber(self.on_batch)
+        self.app = FastStream(
+            self.broker,
+            on_startup=[self._on_startup],
+            after_startup=[self._after_startup],
+            on_shutdown=[self._on_shutdown],
+            after_shutdown=[self._after_shutdown],
+        )
+
+    async def on_batch(self, message: KafkaMessage) -> None:
+        """Book one fetched batch; never raises into FastStream's loop."""
+        records = [_input_record(record) for record in message.raw_message]
+        async with self.lock:
+            await self._book(records)
+
+    async def claim(self, partitions: list[tuple[str, int]]) -> None:
+        """Claim partitions and point the consumer at their stored offsets."""
+        offsets = await self.bookkeeper.assign(partitions)
+        consumer = self._consumer()
+        for (topic, partition), offset in offsets.items():
+            consumer.seek(TopicPartition(topic, partition), offset)
+
+    async def _book(self, records: list[InputRecord]) -> None:
+        owned = self.bookkeeper.epochs
+        foreign = {
+            (r.position.topic, r.position.partition)
+            for r in records
+            if (r.position.topic, r.position.partition) not in owned
+        }
+        if foreign:
+            # Assignment happened but its claim failed: claim now and read
+            # these partitions again from their stored offsets.
+            records = [
+                r
+                for r in records
+                if (r.position.topic, r.position.partition) not in foreign
+            ]
+            try:
+                await self.claim(sorted(foreign))
+            except Exception as error:
+                await self._failed(error)
+                return
+        try:
+            report = await self.bookkeeper.book(
+                records, sweep_partitions=self._sweep_partitions()
+            )
+        except FencedError as error:
+            log.warning("batch fenced; partitions moved", extra={"error": str(error)})
+            self._rewind()
+            return
+        except InvariantError as error:
+            self._fatal(f"invariant broken: {error}")
+            return
+        except Exception as error:
+            await self._failed(error)
+            return
+        self._record(report)
+
+    def _record(self, report: BatchReport) -> None:
+        self.state.consecutive_failures = 0
+        self.state.batches += report.committed
+        self.state.last_batch_s = time.monotonic()
+        self.state.last_report = report
+        for name in (
+            "records",
+            "applied",
+            "duplicates",
+            "conflicts",
+            "dead_letters",
+            "redelivered",
+            "late",
+            "charges",
+            "expired_lots",
+        ):
+            self.state.totals[name] = self.state.totals.get(name, 0) + getattr(
+                report, name
+            )
+        if report.committed:
+            log.debug(
+                "batch committed",
+                extra={
+                    "batch_size": report.records,
+                    "applied": report.applied,
+                    "charges": report.charges,
+                    "dead_letters": report.dead_letters,
+                    "held": report.held,
+                    "duration_s": round(report.duration_s, 4),
+                },
+            )
+
+    async def _failed(self, error: Exception) -> None:
+        self.state.consecutive_failures += 1
+        failures = self.state.consecutive_failures
+        log.error(
+            "batch failed; rewinding to the committed offsets",
+            extra={"error": repr(error)[:500], "consecutive_failures": failures},
+        )
+        with contextlib.suppress(Exception):
+            self._rewind()
+        if failures > self.settings.batch_retries_max:
+            self._fatal(f"{failures} consecutive batch failures; last: {error!r}")
+            return
+        backoff_s = min(
+            self.settings.batch_retry_backoff_ms / 1000 * 2 ** (failures - 1), 30.0
+        )
+        await asyncio.sleep(backoff_s)
+
+    def _rewind(self) -> None:
+        consumer = self._consumer()
+        for (topic, partition), offset in self.bookkeeper.rewind().items():
+            consumer.seek(TopicPartition(topic, partition), offset)
+
+    def _fatal(self, reason: str) -> None:
+        log.critical("stopping: %s", reason, extra={"reason": reason})
+        self.state.fatal = reason
+        self.app.exit()
+
+    def _consumer(self) -> Any:
+        consumer = self.subscriber.consumer
+        if consumer is None:
+            raise RuntimeError("the consumer is not running")
+        return consumer
+
+    def _sweep_partitions(self) -> list[int]:
+        """Partition numbers whose input is read to its end, if a sweep is due.
+
+        Expiry must wait until every event before it has been applied; a
+        partition that still has a backlog expires its lots on its events.
+        """
+        now = time.monotonic()
+        if (
+            now - self._last_sweep_s < self.settings.expiry_sweep_interval_ms / 1000
+            or self.subscriber.consumer is None
+        ):
+            return []
+        self._last_sweep_s = now
+        consumer = self.subscriber.consumer
+        reached = self.bookkeeper.sequencer.high_offsets()
+        by_partition: dict[int, list[bool]] = {}
+        for (topic, partition), (next_offset, _) in self.bookkeeper.committed.items():
+            highwater = consumer.highwater(TopicPartition(topic, partition))
+            position = reached.get((topic, partition), next_offset)
+            caught_up = highwater is not None and position >= highwater
+            by_partition.setdefault(partition, []).append(caught_up)
+        return sorted(
+            p for p, flags in by_partition.items() if len(flags) == 2 and all(flags)
+        )
+
+    async def _tick(self) -> None:
+        """Release held events and sweep expiries when no records arrive."""
+        interval_s = self.settings.tick_interval_ms / 1000
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=interval_s)
+            if self._stopping.is_set() or self.lock.locked():
+                continue
+            if not self.bookkeeper.epochs:
+                continue
+            async with self.lock:
+                await self._book([])
+
+    async def _on_startup(self) -> None:
+        counts = await ensure_topics(self.settings)
+        log.info("service starting", extra={"partitions": counts})
+
+    async def _after_startup(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._tick(), name="ticker"),
+            asyncio.create_task(self.relay.run(), name="relay"),
+        ]
+        self.state.started = True
+        log.info("service started", extra={"group_id": self.settings.group_id})
+
+    async def _on_shutdown(self) -> None:
+        self._stopping.set()
+        log.info("service stopping", extra={"held": self.bookkeeper.held})
+
+    async def _after_shutdown(self) -> None:
+        # The broker has stopped and the last batch is committed; give the
+        # relay a bounded moment to publish what that batch wrote.
+        await asyncio.sleep(min(1.0, self.settings.shutdown_grace_s))
+        self.relay.stop()
+        _, pending = await asyncio.wait(
+            self._tasks, timeout=self.settings.shutdown_grace_s
+        )
+        for task in pending:
+            task.cancel()
+        await self.engine.dispose()
+        log.info("service stopped", extra=dict(self.state.totals))
+
+
+def _undecoded(message: Any) -> None:
+    """The bookkeeper decodes records itself, from bytes, without floats."""
+    return None
+
+
+def _input_record(record: ConsumerRecord) -> InputRecord:
+    return InputRecord(
+        Position(record.topic, record.partition, record.offset),
+        RawRecord(
+            value=record.value,
+            key=record.key,
+            headers=tuple(record.headers or ()),
+            timestamp_ms=record.timestamp,
+        ),
+    )
+
+
+def _names(partitions: Sequence[TopicPartition]) -> list[str]:
+    return sorted(f"{tp.topic}[{tp.partition}]" for tp in partitions)

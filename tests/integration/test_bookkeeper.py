@@ -1,0 +1,260 @@
+"""The batch transaction on a real store: one suite, SQLite and PostgreSQL.
+
+Each test books records as the consumer would and then looks at what the
+store holds: journal, lots, outbox, offsets. Restarts are simulated with a
+fresh `Bookkeeper` on the same database, which is exactly what a new process
+has.
+"""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ledger.errors import InvariantError
+from ledger.ordering import Position
+from service.bookkeeper import Bookkeeper, InputRecord
+from service.records import HEADER_REASON
+from service.settings import Settings
+from service.store import FencedError
+from service.tables import DISPOSITIONS, ENTRIES, LOTS, OFFSETS, OUTBOX, PROCESSED
+from tests.factories import at, purchase_doc, raw, refund_doc, spec_prices, usage_doc
+
+PURCHASES, USAGE = "credits.purchases", "usage.events"
+SETTINGS = Settings(ordering_hold_max_ms=0)
+PRICES = spec_prices()
+Q = "SKU-762343"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def keeper(
+    engine: AsyncEngine, settings: Settings = SETTINGS, clock: Clock | None = None
+) -> Bookkeeper:
+    return Bookkeeper(engine, PRICES, settings, clock_s=clock or Clock())
+
+
+def record(
+    topic: str, offset: int, document: dict[str, Any] | bytes, partition: int = 0
+) -> InputRecord:
+    key = document["subject"] if isinstance(document, dict) else None
+    return InputRecord(Position(topic, partition, offset), raw(document, key=key))
+
+
+async def claim_all(
+    bookkeeper: Bookkeeper, partitions: int = 1
+) -> dict[tuple[str, int], int]:
+    return await bookkeeper.assign(
+        [(topic, p) for topic in (PURCHASES, USAGE) for p in range(partitions)]
+    )
+
+
+async def scalar(engine: AsyncEngine, query: sa.Select[Any]) -> Any:
+    async with engine.connect() as conn:
+        return (await conn.execute(query)).scalar_one()
+
+
+async def count(engine: AsyncEngine, table: sa.Table) -> int:
+    query = sa.select(sa.func.count()).select_from(table)
+    return int(await scalar(engine, query))
+
+
+STORY = [
+    record(
+        PURCHASES, 0, purchase_doc("p1", "2025-04-01T00:00:00Z", "a", "100", "100.00")
+    ),
+    record(USAGE, 0, usage_doc("u1", "2025-04-01T01:00:00Z", "a", Q, "30")),
+    record(USAGE, 1, usage_doc("u2", "2025-04-01T02:00:00Z", "a", Q, "80")),
+    record(
+        PURCHASES, 1, purchase_doc("p2", "2025-04-02T00:00:00Z", "a", "50", "75.00")
+    ),
+]
+
+
+async def test_a_batch_books_journal_lots_outbox_and_offsets(
+    engine: AsyncEngine,
+) -> None:
+    bookkeeper = keeper(engine)
+    await claim_all(bookkeeper)
+
+    report = await bookkeeper.book(STORY, flush=True)
+
+    assert report.committed and report.applied == 4
+    assert report.charges == 5  # 2 purchases, 2 usage, 1 settlement of u2's deficit
+    assert await count(engine, OUTBOX) == 5
+    assert await count(engine, PROCESSED) == 4
+    basis = await scalar(
+        engine,
+        sa.select(sa.func.count())
+        .select_from(ENTRIES)
+        .where(ENTRIES.c.kind == "deficit"),
+    )
+    assert basis == 1
+    async with engine.connect() as conn:
+        offsets = {
+            (r.topic, r.partition): (r.next_offset, r.high_offset)
+            for r in await conn.execute(sa.select(OFFSETS))
+        }
+        lots = {r.purchase_id: r for r in await conn.execute(sa.select(LOTS))}
+    assert offsets == {(PURCHASES, 0): (2, 2), (USAGE, 0): (2, 2)}
+    assert lots["p1"].status == "empty" and lots["p1"].remaining_basis == 0
+    assert lots["p2"].remaining_quantity == Decimal(40)
+    assert lots["p2"].remaining_basis == Decimal(60)
+
+
+async def test_a_copy_is_counted_and_a_reused_id_is_dead_lettered(
+    engine: AsyncEngine,
+) -> None:
+    bookkeeper = keeper(engine)
+    await claim_all(bookkeeper)
+    await bookkeeper.book(STORY[:2], flush=True)
+    copy = record(USAGE, 1, usage_doc("u1", "2025-04-01T01:00:00Z", "a", Q, "30.000"))
+    reuse = record(USAGE, 2, usage_doc("u1", "2025-04-01T01:00:00Z", "a", Q, "31"))
+
+    report = await bookkeeper.book([copy, reuse], flush=True)
+
+    assert (report.applied, report.duplicates, report.conflicts) == (0, 1, 1)
+    async with engine.connect() as conn:
+        dead = (
+            await conn.execute(
+                sa.select(OUTBOX).where(OUTBOX.c.topic == SETTINGS.topic_dead_letter)
+            )
+        ).one()
+        outcomes = sorted(
+            (r.offset, r.outcome) for r in await conn.execute(sa.select(DISPOSITIONS))
+        )
+    headers = dict(dead.headers)
+    assert bytes.fromhex(headers[HEADER_REASON]) == b"id_conflict"
+    assert json.loads(dead.value)["data"]["quantity"] == "31"
+    assert outcomes == [(1, "duplicate"), (2, "dead_letter")]
+
+
+async def test_records_read_again_after_a_restart_are_not_counted_twice(
+    engine: AsyncEngine,
+) -> None:
+    clock = Clock()
+    first = keeper(engine, Settings(ordering_hold_max_ms=60_000), clock)
+    await claim_all(first)
+    held = record(USAGE, 0, usage_doc("u-held", "2025-04-01T05:00:00Z", "a", Q, "1"))
+    poison = record(USAGE, 1, b"not json at all")
+    early = record(
+        PURCHASES, 0, purchase_doc("p", "2025-04-01T00:00:00Z", "a", "5", "5")
+    )
+    usage = record(USAGE, 2, usage_doc("u-now", "2025-04-01T00:00:01Z", "a", Q, "1"))
+    report = await first.book([held, poison, early, usage])
+    # Purchases reached only 00:00:00, so everything after waits; the poison
+    # record is dead-lettered at once, yet usage[0] holds the offset back.
+    assert (report.applied, report.dead_letters) == (0, 1)
+    flushed = await first.book([], flush=True)
+    assert flushed.applied == 3
+
+    restarted = keeper(engine)
+    offsets = await claim_all(restarted)
+    assert offsets[(USAGE, 0)] == 3
+    # Pretend the crash came before that flush committed its offsets: the
+    # records are read again from where the first batch left them.
+    again = await restarted.book([held, poison, early, usage], flush=True)
+    assert again.redelivered == 4
+    assert (again.applied, again.duplicates, again.dead_letters) == (0, 0, 0)
+    assert await count(engine, PROCESSED) == 3
+    assert await count(engine, DISPOSITIONS) == 1
+
+
+async def test_a_zombie_that_lost_its_partitions_cannot_commit(
+    engine: AsyncEngine,
+) -> None:
+    zombie, successor = keeper(engine), keeper(engine)
+    await claim_all(zombie)
+    await claim_all(successor)
+
+    with pytest.raises(FencedError):
+        await zombie.book(STORY, flush=True)
+
+    assert await count(engine, ENTRIES) == 0
+    report = await successor.book(STORY, flush=True)
+    assert report.applied == 4
+
+
+async def test_a_business_rejection_is_dead_lettered_and_may_be_resubmitted(
+    engine: AsyncEngine,
+) -> None:
+    bookkeeper = keeper(engine)
+    await claim_all(bookkeeper)
+    refund = refund_doc("r", "2025-04-03T00:00:00Z", "a", "p-unknown", "1.00")
+
+    first = await bookkeeper.book([record(PURCHASES, 0, refund)], flush=True)
+    resubmitted = await bookkeeper.book([record(PURCHASES, 1, refund)], flush=True)
+
+    assert first.dead_letters == resubmitted.dead_letters == 1
+    assert first.reasons == {"unknown_purchase": 1}
+    assert await count(engine, PROCESSED) == 0
+
+
+async def test_an_account_seen_on_another_partition_is_refused(
+    engine: AsyncEngine,
+) -> None:
+    bookkeeper = keeper(engine)
+    await claim_all(bookkeeper, partitions=2)
+    await bookkeeper.book([STORY[0]], flush=True)
+    moved = record(
+        USAGE, 0, usage_doc("u9", "2025-04-02T00:00:00Z", "a", Q, "1"), partition=1
+    )
+
+    report = await bookkeeper.book([moved], flush=True)
+
+    assert report.reasons == {"partition_mismatch": 1}
+
+
+async def test_a_lot_whose_journal_does_not_add_up_stops_the_batch(
+    engine: AsyncEngine,
+) -> None:
+    bookkeeper = keeper(engine)
+    await claim_all(bookkeeper)
+    await bookkeeper.book(STORY[:2], flush=True)
+    async with engine.begin() as conn:
+        await conn.execute(sa.delete(ENTRIES).where(ENTRIES.c.kind == "usage"))
+
+    with pytest.raises(InvariantError):
+        await bookkeeper.book([STORY[2]], flush=True)
+
+    assert await count(engine, PROCESSED) == 2
+
+
+async def test_an_expiry_sweep_expires_quiet_lots_once(engine: AsyncEngine) -> None:
+    bookkeeper = keeper(engine)
+    await claim_all(bookkeeper)
+    lot = purchase_doc(
+        "p",
+        "2025-04-01T00:00:00Z",
+        "a",
+        "10",
+        "10.00",
+        expires_at="2025-04-10T00:00:00Z",
+    )
+    await bookkeeper.book([record(PURCHASES, 0, lot)], flush=True)
+    swept = await bookkeeper.book(
+        [], sweep_partitions=[0], sweep_cutoff=at("2025-04-11T00:00:00Z")
+    )
+    again = await bookkeeper.book(
+        [], sweep_partitions=[0], sweep_cutoff=at("2025-04-12T00:00:00Z")
+    )
+
+    assert swept.expired_lots == 1 and again.expired_lots == 0
+    total = await scalar(
+        engine,
+        sa.select(sa.func.count())
+        .select_from(ENTRIES)
+        .where(ENTRIES.c.kind == "expiry"),
+    )
+    assert total == 1

@@ -24,9 +24,9 @@ test: venv
 	deploy/test.sh
 
 lint: venv
-	$(BIN)/ruff check ledger service tests
-	$(BIN)/ruff format --check ledger service tests
-	$(BIN)/mypy ledger service tests
+	$(BIN)/ruff check ledger service tests bench
+	$(BIN)/ruff format --check ledger service tests bench
+	$(BIN)/mypy ledger service tests bench
 
 schemas: venv
 	$(BIN)/focus-ledger schemas --out docs/schemas

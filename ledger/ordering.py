@@ -157,6 +157,24 @@ class Sequencer:
         while offsets and offsets[0] in released:
             released.discard(heapq.heappop(offsets))
 
+    def seed(self, topic: str, partition: int, time_max: datetime) -> None:
+        """Resume a partition's event-time progress as it was before a restart."""
+        stream = self._streams.setdefault(partition, _Stream())
+        known = stream.time_max.get(topic)
+        if known is None or time_max > known:
+            stream.time_max[topic] = time_max
+
+    def time_max(self, topic: str, partition: int) -> datetime | None:
+        """The latest event time seen on one input partition."""
+        stream = self._streams.get(partition)
+        return stream.time_max.get(topic) if stream else None
+
+    def progress(self, partition: int) -> datetime | None:
+        """How far the partition's data has come: its latest event time on any
+        topic. Expiry may not run ahead of it (see `Bookkeeper`)."""
+        stream = self._streams.get(partition)
+        return max(stream.time_max.values()) if stream and stream.time_max else None
+
     def settled(self, partition: int, moment: datetime) -> bool:
         """True when no held event of the partition happened before `moment`."""
         stream = self._streams.get(partition)

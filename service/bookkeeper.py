@@ -16,6 +16,11 @@ Kafka consumer and for the file replay alike. Its steps:
 4. Load the accounts concerned and apply each event with the pure core. A
    business rejection (refund of an unknown purchase, say) is a dead letter.
 5. Expire the lots of caught-up partitions that are due by the sweep cutoff.
+   The cutoff never runs ahead of the partition's own data (its latest event
+   time less the ordering window), so a backlog read hours late expires lots
+   exactly where a live run would have: between the same two events. Only a
+   partition read to its end and silent for `expiry_idle_s` sweeps by the
+   wall clock alone.
 6. Write accounts, lots, deficits, journal, processed events, dispositions,
    outbox rows and offsets; check the lots the batch closed; commit.
 
@@ -34,7 +39,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from ledger.accounts import Account, Entry, Rules, apply, expire_due
+from ledger.accounts import Account, Entry, EntryKind, Rules, apply, expire_due
 from ledger.events import (
     TOPIC_TYPES,
     Event,
@@ -47,6 +52,7 @@ from ledger.events import (
 )
 from ledger.ordering import Held, Position, Sequencer
 from ledger.prices import PriceList
+from service.faults import NO_FAULTS, Faults
 from service.records import charge_record, dead_letter_record
 from service.settings import Settings
 from service.store import (
@@ -54,6 +60,7 @@ from service.store import (
     Changes,
     Claim,
     DispositionRecord,
+    Progress,
     Store,
     TopicPartition,
 )
@@ -79,6 +86,7 @@ class BatchReport:
     conflicts: int = 0
     dead_letters: int = 0
     redelivered: int = 0
+    refetched: int = 0
     late: int = 0
     charges: int = 0
     expired_lots: int = 0
@@ -87,6 +95,20 @@ class BatchReport:
     duration_s: float = 0.0
     reasons: dict[str, int] = field(default_factory=dict)
     event_times: list[datetime] = field(default_factory=list)
+
+
+COUNTERS = (
+    "records",
+    "applied",
+    "duplicates",
+    "conflicts",
+    "dead_letters",
+    "redelivered",
+    "refetched",
+    "late",
+    "charges",
+    "expired_lots",
+)
 
 
 class Bookkeeper:
@@ -102,6 +124,7 @@ class Bookkeeper:
         wall: Callable[[], datetime] = lambda: datetime.now(UTC),
         topic_types: dict[str, frozenset[EventType]] | None = None,
         replay_topic: str = "replay",
+        faults: Faults = NO_FAULTS,
     ) -> None:
         self.engine = engine
         self.prices = prices
@@ -120,8 +143,10 @@ class Bookkeeper:
         )
         self.replay_topic = replay_topic
         self.sequencer = self._new_sequencer()
+        self.faults = faults
         self.epochs: dict[TopicPartition, int] = {}
-        self.committed: dict[TopicPartition, tuple[int, int]] = {}
+        self.committed: dict[TopicPartition, Progress] = {}
+        self._last_record_s: dict[int, float] = {}
 
     def _new_sequencer(self) -> Sequencer:
         return Sequencer(
@@ -139,9 +164,13 @@ class Bookkeeper:
             claims: dict[TopicPartition, Claim] = await self.store.claim(
                 conn, partitions
             )
+        now_s = self.clock_s()
         for tp, claim in claims.items():
             self.epochs[tp] = claim.epoch
-            self.committed[tp] = (claim.next_offset, claim.high_offset)
+            self.committed[tp] = claim.progress
+            self._last_record_s.setdefault(tp[1], now_s)
+            if claim.progress.time_max is not None:
+                self.sequencer.seed(tp[0], tp[1], claim.progress.time_max)
         log.info(
             "partitions claimed",
             extra={
@@ -149,7 +178,7 @@ class Bookkeeper:
                 "epochs": {f"{t}[{p}]": c.epoch for (t, p), c in claims.items()},
             },
         )
-        return {tp: claim.next_offset for tp, claim in claims.items()}
+        return {tp: claim.progress.next_offset for tp, claim in claims.items()}
 
     def revoke(self, partitions: Iterable[TopicPartition]) -> None:
         """Forget partitions another instance will own; nothing is committed."""
@@ -162,7 +191,10 @@ class Bookkeeper:
     def rewind(self) -> dict[TopicPartition, int]:
         """After a failed batch: drop held events, return offsets to seek to."""
         self.sequencer = self._new_sequencer()
-        return {tp: next_offset for tp, (next_offset, _) in self.committed.items()}
+        for (topic, partition), progress in self.committed.items():
+            if progress.time_max is not None:
+                self.sequencer.seed(topic, partition, progress.time_max)
+        return {tp: progress.next_offset for tp, progress in self.committed.items()}
 
     @property
     def held(self) -> int:
@@ -181,18 +213,9 @@ class Bookkeeper:
         report = BatchReport(records=len(records))
         now_s = self.clock_s()
 
-        rejected = self._decode(records, now_s)
+        rejected = self._decode(records, now_s, report)
         released = self.sequencer.release(now_s, flush=flush)
-        cutoff = sweep_cutoff or (
-            self.wall()
-            - self.settings.ordering_window
-            - timedelta(milliseconds=self.settings.ordering_hold_max_ms)
-        )
-        sweep = [
-            p
-            for p in sorted(set(sweep_partitions))
-            if self.sequencer.settled(p, cutoff)
-        ]
+        sweep = self._sweep_cutoffs(sweep_partitions, sweep_cutoff, now_s)
         offsets = self._offsets()
         if not (released or rejected or sweep) and all(
             self.committed.get(tp) == value for tp, value in offsets.items()
@@ -202,13 +225,15 @@ class Bookkeeper:
 
         async with self.engine.begin() as conn:
             await self.store.fence(conn, self.epochs, offsets)
+            self.faults.strike("batch_after_fence")
             changes = Changes(offsets=offsets)
             window = self._reread(records)
             disposed = await self.store.disposed(conn, window)
             self._dead_letter_rejected(rejected, disposed, changes, report)
             await self._apply(conn, released, disposed, changes, report)
-            await self._sweep(conn, sweep, cutoff, changes, report)
+            await self._sweep(conn, sweep, changes, report)
             await self.store.save(conn, changes)
+        self.faults.strike("batch_after_commit")
 
         self.committed.update(offsets)
         report.committed = True
@@ -217,11 +242,21 @@ class Bookkeeper:
         return report
 
     def _decode(
-        self, records: Sequence[InputRecord], now_s: float
+        self, records: Sequence[InputRecord], now_s: float, report: BatchReport
     ) -> list[tuple[InputRecord, Rejection]]:
         rejected: list[tuple[InputRecord, Rejection]] = []
         future_skew = timedelta(seconds=self.settings.event_future_skew_max_s)
+        seen = self.sequencer.high_offsets()
         for record in records:
+            tp = (record.position.topic, record.position.partition)
+            committed = self.committed.get(tp)
+            floor = max(committed.next_offset if committed else 0, seen.get(tp, 0))
+            if record.position.offset < floor:
+                # Handled already, or read twice since this process last
+                # positioned the consumer: each offset enters once.
+                report.refetched += 1
+                continue
+            seen[tp] = record.position.offset + 1
             decoded = decode(
                 record.raw,
                 self.prices,
@@ -229,6 +264,7 @@ class Bookkeeper:
                 event_bytes_max=self.settings.event_bytes_max,
                 future_skew_max=future_skew,
             )
+            self._last_record_s[record.position.partition] = now_s
             if isinstance(decoded, Rejection):
                 self.sequencer.seen(record.position)
                 rejected.append((record, decoded))
@@ -236,19 +272,52 @@ class Bookkeeper:
                 self.sequencer.add(decoded, record.position, now_s, record.raw)
         return rejected
 
-    def _offsets(self) -> dict[TopicPartition, tuple[int, int]]:
-        """Resume and high offsets per owned partition, never moving back."""
+    def _offsets(self) -> dict[TopicPartition, Progress]:
+        """Progress per owned partition, never moving back."""
         resume = self.sequencer.resume_offsets()
         high = self.sequencer.high_offsets()
-        offsets: dict[TopicPartition, tuple[int, int]] = {}
-        for tp, (next_committed, high_committed) in self.committed.items():
+        offsets: dict[TopicPartition, Progress] = {}
+        for tp, committed in self.committed.items():
             if tp not in self.epochs:
                 continue
-            offsets[tp] = (
-                max(next_committed, resume.get(tp, next_committed)),
-                max(high_committed, high.get(tp, high_committed)),
+            seen = self.sequencer.time_max(*tp)
+            latest = committed.time_max
+            if seen is not None and (latest is None or seen > latest):
+                latest = seen
+            offsets[tp] = Progress(
+                max(committed.next_offset, resume.get(tp, committed.next_offset)),
+                max(committed.high_offset, high.get(tp, committed.high_offset)),
+                latest,
             )
         return offsets
+
+    def _sweep_cutoffs(
+        self, partitions: Iterable[int], limit: datetime | None, now_s: float
+    ) -> dict[int, datetime]:
+        """Per partition, the instant up to which lots may expire now.
+
+        `limit` is the replay's `as_of`; the service passes none and the wall
+        clock less the ordering delay applies. Either way the cutoff stays
+        behind the partition's own data, unless the partition has been read
+        to its end and silent for `expiry_idle_s`.
+        """
+        delay = self.settings.ordering_window + timedelta(
+            milliseconds=self.settings.ordering_hold_max_ms
+        )
+        bound = limit or self.wall() - delay
+        cutoffs: dict[int, datetime] = {}
+        for partition in sorted(set(partitions)):
+            idle_s = now_s - self._last_record_s.get(partition, now_s)
+            progress = self.sequencer.progress(partition)
+            if limit is None and idle_s >= self.settings.expiry_idle_s:
+                cutoff = bound
+            elif progress is None:
+                continue
+            else:
+                cutoff = min(bound, progress - self.settings.ordering_window)
+            if self.sequencer.settled(partition, cutoff):
+                cutoffs[partition] = cutoff
+        return cutoffs
 
     def _reread(self, records: Sequence[InputRecord]) -> list[Position]:
         """Positions that an earlier run may have handled already."""
@@ -256,7 +325,7 @@ class Bookkeeper:
         for record in records:
             tp = (record.position.topic, record.position.partition)
             committed = self.committed.get(tp)
-            if committed and record.position.offset < committed[1]:
+            if committed and record.position.offset < committed.high_offset:
                 window.append(record.position)
         return window
 
@@ -421,6 +490,7 @@ class Bookkeeper:
         topic = self.settings.topic_charges
         for entry in entries:
             changes.entries.append(entry)
+            report.expired_lots += entry.kind is EntryKind.EXPIRY
             if entry.charge is not None:
                 changes.outbox.append(charge_record(topic, entry.charge))
                 report.charges += 1
@@ -428,22 +498,24 @@ class Bookkeeper:
     async def _sweep(
         self,
         conn: AsyncConnection,
-        partitions: list[int],
-        cutoff: datetime,
+        cutoffs: dict[int, datetime],
         changes: Changes,
         report: BatchReport,
     ) -> None:
         """Expire due lots of quiet accounts, so expiry rows do not wait for
         the account's next event."""
         account_ids = await self.store.accounts_expiring(
-            conn, partitions, cutoff, self.settings.expiry_sweep_lots_max
+            conn, cutoffs, self.settings.expiry_sweep_lots_max
         )
         missing = [a for a in account_ids if a not in changes.accounts]
         changes.accounts.update(await self.store.load_accounts(conn, missing))
         for account_id in account_ids:
             account: Account = changes.accounts[account_id]
-            entries = expire_due(account, cutoff, self.prices, self.rules)
-            report.expired_lots += len(entries)
+            if account.partition not in cutoffs:
+                continue
+            entries = expire_due(
+                account, cutoffs[account.partition], self.prices, self.rules
+            )
             self._book_entries(entries, changes, report)
 
 

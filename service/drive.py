@@ -148,8 +148,11 @@ async def read_topic(
     partitions: int,
     expected: int,
     timeout_s: float,
-    service: subprocess.Popen[bytes],
+    service: subprocess.Popen[bytes] | None = None,
 ) -> list[Any]:
+    """Read a topic from the start, read_committed, until `expected` records are
+    in and two seconds pass without more (or the time is up, or the service
+    exits)."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap_servers,
         group_id=None,
@@ -172,7 +175,7 @@ async def read_topic(
                 quiet_since = time.monotonic()
             if len(records) >= expected and time.monotonic() - quiet_since > 2.0:
                 break
-            if service.poll() is not None:
+            if service is not None and service.poll() is not None:
                 break
     finally:
         await consumer.stop()

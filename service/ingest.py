@@ -41,15 +41,17 @@ from ledger.errors import InvariantError
 from ledger.events import RawRecord
 from ledger.ordering import Position
 from ledger.prices import PriceList
-from service.bookkeeper import BatchReport, Bookkeeper, InputRecord
+from service.bookkeeper import COUNTERS, BatchReport, Bookkeeper, InputRecord
+from service.faults import Faults
 from service.relay import Relay
 from service.settings import Settings
 from service.store import FencedError
-from service.topics import ensure_topics
+from service.topics import TopicLayoutError, ensure_topics
 
 log = logging.getLogger(__name__)
 
 EXIT_FATAL = 70
+PROGRESS_LOG_INTERVAL_S = 60.0
 
 
 @dataclass(slots=True)
@@ -100,13 +102,15 @@ class Ingest:
     ) -> None:
         self.settings = settings
         self.engine = engine
-        self.bookkeeper = Bookkeeper(engine, prices, settings)
-        self.relay = Relay(engine, settings)
+        faults = Faults(settings.fault_points, settings.fault_seed)
+        self.bookkeeper = Bookkeeper(engine, prices, settings, faults=faults)
+        self.relay = Relay(engine, settings, faults)
         self.lock = asyncio.Lock()
         self.state = IngestState()
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._last_sweep_s = 0.0
+        self._last_progress_s = time.monotonic()
         self.broker = KafkaBroker(
             settings.kafka_bootstrap_servers,
             client_id=settings.client_id,
@@ -199,17 +203,7 @@ class Ingest:
         self.state.batches += report.committed
         self.state.last_batch_s = time.monotonic()
         self.state.last_report = report
-        for name in (
-            "records",
-            "applied",
-            "duplicates",
-            "conflicts",
-            "dead_letters",
-            "redelivered",
-            "late",
-            "charges",
-            "expired_lots",
-        ):
+        for name in COUNTERS:
             self.state.totals[name] = self.state.totals.get(name, 0) + getattr(
                 report, name
             )
@@ -217,6 +211,10 @@ class Ingest:
             log.debug(
                 "batch committed",
                 extra={
+                    "offsets": {
+                        f"{t}[{p}]": (progress.next_offset, progress.high_offset)
+                        for (t, p), progress in self.bookkeeper.committed.items()
+                    },
                     "batch_size": report.records,
                     "applied": report.applied,
                     "charges": report.charges,
@@ -275,9 +273,9 @@ class Ingest:
         consumer = self.subscriber.consumer
         reached = self.bookkeeper.sequencer.high_offsets()
         by_partition: dict[int, list[bool]] = {}
-        for (topic, partition), (next_offset, _) in self.bookkeeper.committed.items():
+        for (topic, partition), progress in self.bookkeeper.committed.items():
             highwater = consumer.highwater(TopicPartition(topic, partition))
-            position = reached.get((topic, partition), next_offset)
+            position = reached.get((topic, partition), progress.next_offset)
             caught_up = highwater is not None and position >= highwater
             by_partition.setdefault(partition, []).append(caught_up)
         return sorted(
@@ -296,9 +294,56 @@ class Ingest:
                 continue
             async with self.lock:
                 await self._book([])
+            self._report_progress()
+
+    def _report_progress(self) -> None:
+        """An INFO line per minute with where each owned partition stands."""
+        now = time.monotonic()
+        if now - self._last_progress_s < PROGRESS_LOG_INTERVAL_S:
+            return
+        self._last_progress_s = now
+        consumer = self.subscriber.consumer
+        partitions = {}
+        for (topic, partition), progress in sorted(self.bookkeeper.committed.items()):
+            highwater = (
+                consumer.highwater(TopicPartition(topic, partition))
+                if consumer
+                else None
+            )
+            partitions[f"{topic}[{partition}]"] = {
+                "next_offset": progress.next_offset,
+                "high_offset": progress.high_offset,
+                "highwater": highwater,
+            }
+        log.info(
+            "progress",
+            extra={
+                "partitions": partitions,
+                "held": self.bookkeeper.held,
+                **self.state.totals,
+            },
+        )
 
     async def _on_startup(self) -> None:
-        counts = await ensure_topics(self.settings)
+        """Wait, boundedly, for the broker: a service restarted while Kafka is
+        down should come up when Kafka does, not crash in a loop."""
+        deadline = time.monotonic() + self.settings.startup_wait_s
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                counts = await ensure_topics(self.settings)
+                break
+            except TopicLayoutError:
+                raise
+            except Exception as error:
+                if time.monotonic() > deadline:
+                    raise
+                log.warning(
+                    "waiting for the broker",
+                    extra={"attempt": attempt, "error": repr(error)[:200]},
+                )
+                await asyncio.sleep(min(2.0 * attempt, 10.0))
         log.info("service starting", extra={"partitions": counts})
 
     async def _after_startup(self) -> None:

@@ -38,6 +38,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ledger.errors import LedgerError
+from service.faults import NO_FAULTS, Faults
 from service.settings import Settings
 from service.tables import OUTBOX
 
@@ -70,9 +71,12 @@ class RelayStats:
 class Relay:
     """Moves outbox rows to Kafka while this instance holds the relay lock."""
 
-    def __init__(self, engine: AsyncEngine, settings: Settings) -> None:
+    def __init__(
+        self, engine: AsyncEngine, settings: Settings, faults: Faults = NO_FAULTS
+    ) -> None:
         self.engine = engine
         self.settings = settings
+        self.faults = faults
         self.stats = RelayStats()
         self._stopping = asyncio.Event()
 
@@ -192,11 +196,13 @@ class Relay:
                     {"seq_max": checkpoint.seq_max, "xmin": xmin}
                 ).encode(),
             )
+            self.faults.strike("relay_before_commit")
             await producer.commit_transaction()
         except BaseException:
             with contextlib.suppress(Exception):
                 await producer.abort_transaction()
             raise
+        self.faults.strike("relay_after_commit")
         await self._delete_published(checkpoint)
         self.stats.published_rows += len(rows)
         self.stats.transactions += 1

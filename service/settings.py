@@ -59,6 +59,7 @@ class Settings(BaseSettings):
     tick_interval_ms: int = Field(250, ge=10, le=60_000)
     expiry_sweep_lots_max: int = Field(500, ge=1, le=100_000)
     expiry_sweep_interval_ms: int = Field(5000, ge=100, le=3_600_000)
+    expiry_idle_s: float = Field(300.0, ge=1.0)
     event_bytes_max: int = Field(256 * 1024, ge=1024, le=8 * 1024 * 1024)
     event_future_skew_max_s: int = Field(86_400, ge=0)
     dead_letter_value_bytes_max: int = Field(1024 * 1024, ge=1024)
@@ -83,6 +84,10 @@ class Settings(BaseSettings):
     relay_transaction_timeout_ms: int = Field(60_000, ge=1000)
     relay_lock_key: int = 0x666F637573  # "focus", the advisory lock of the relay
 
+    fault_points: str = ""
+    fault_seed: int | None = None
+
+    startup_wait_s: float = Field(120.0, ge=0, le=3600)
     shutdown_grace_s: float = Field(10.0, ge=0.1, le=300)
     log_level: str = "INFO"
     log_format: str = Field("json", pattern="^(json|text)$")

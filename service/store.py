@@ -56,11 +56,25 @@ class FencedError(LedgerError):
 
 
 @dataclass(frozen=True, slots=True)
+class Progress:
+    """How far one input partition is handled.
+
+    Everything below `next_offset` is handled; records from there up to
+    `high_offset` may be (they were read past one still held). `time_max` is
+    the latest event time applied from the partition, which lets expiry and
+    ordering resume after a restart without waiting to see the data again.
+    """
+
+    next_offset: int = 0
+    high_offset: int = 0
+    time_max: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Claim:
     """What the store knows of one input partition when an owner claims it."""
 
-    next_offset: int
-    high_offset: int
+    progress: Progress
     epoch: int
 
 
@@ -96,7 +110,7 @@ class Changes:
     processed: list[tuple[Event, Position]] = field(default_factory=list)
     dispositions: list[DispositionRecord] = field(default_factory=list)
     outbox: list[OutboxRecord] = field(default_factory=list)
-    offsets: dict[TopicPartition, tuple[int, int]] = field(default_factory=dict)
+    offsets: dict[TopicPartition, Progress] = field(default_factory=dict)
 
 
 def _chunks(
@@ -136,11 +150,17 @@ class Store:
                     index_elements=["group_id", "topic", "partition"],
                     set_={"epoch": table.c.epoch + 1},
                 )
-                .returning(table.c.next_offset, table.c.high_offset, table.c.epoch)
+                .returning(
+                    table.c.next_offset,
+                    table.c.high_offset,
+                    table.c.event_time_max,
+                    table.c.epoch,
+                )
             )
             row = (await conn.execute(insert)).one()
             claims[(topic, partition)] = Claim(
-                row.next_offset, row.high_offset, row.epoch
+                Progress(row.next_offset, row.high_offset, row.event_time_max),
+                row.epoch,
             )
         return claims
 
@@ -148,7 +168,7 @@ class Store:
         self,
         conn: AsyncConnection,
         epochs: dict[TopicPartition, int],
-        offsets: dict[TopicPartition, tuple[int, int]],
+        offsets: dict[TopicPartition, Progress],
     ) -> None:
         """Compare-and-set the offsets of every owned partition, first thing.
 
@@ -157,10 +177,14 @@ class Store:
         """
         table = OFFSETS
         for (topic, partition), epoch in sorted(epochs.items()):
-            values: dict[str, int] = {}
-            if (topic, partition) in offsets:
-                next_offset, high_offset = offsets[(topic, partition)]
-                values = {"next_offset": next_offset, "high_offset": high_offset}
+            values: dict[str, Any] = {}
+            progress = offsets.get((topic, partition))
+            if progress is not None:
+                values = {
+                    "next_offset": progress.next_offset,
+                    "high_offset": progress.high_offset,
+                    "event_time_max": progress.time_max,
+                }
             update = (
                 sa.update(table)
                 .where(
@@ -264,27 +288,23 @@ class Store:
             accounts[row.account_id].deficits.append(_deficit(row))
 
     async def accounts_expiring(
-        self,
-        conn: AsyncConnection,
-        partitions: Sequence[int],
-        cutoff: datetime,
-        lots_max: int,
+        self, conn: AsyncConnection, cutoffs: dict[int, datetime], lots_max: int
     ) -> list[str]:
-        """Accounts of `partitions` with an open lot expiring by `cutoff`."""
-        if not partitions:
-            return []
-        lots = LOTS
-        query = (
-            sa.select(lots.c.account_id)
-            .where(
-                lots.c.status == LotStatus.OPEN,
-                lots.c.partition.in_(list(partitions)),
-                lots.c.expires_at <= cutoff,
+        """Accounts with an open lot expiring by their partition's cutoff."""
+        found: set[str] = set()
+        for partition, cutoff in sorted(cutoffs.items()):
+            query = (
+                sa.select(LOTS.c.account_id)
+                .where(
+                    LOTS.c.status == LotStatus.OPEN,
+                    LOTS.c.partition == partition,
+                    LOTS.c.expires_at <= cutoff,
+                )
+                .order_by(LOTS.c.expires_at)
+                .limit(lots_max)
             )
-            .order_by(lots.c.expires_at)
-            .limit(lots_max)
-        )
-        return sorted({row.account_id for row in await conn.execute(query)})
+            found.update(row.account_id for row in await conn.execute(query))
+        return sorted(found)
 
     async def save(self, conn: AsyncConnection, changes: Changes) -> None:
         """Write one batch's changes, then check the lots it closed.

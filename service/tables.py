@@ -212,6 +212,7 @@ class ConsumerOffset(SQLModel, table=True):
     partition: int = Field(primary_key=True)
     next_offset: int = Field(default=0, sa_type=sa.BigInteger)
     high_offset: int = Field(default=0, sa_type=sa.BigInteger)
+    event_time_max: datetime | None = _instant(default=None)
     epoch: int = Field(default=0, sa_type=sa.BigInteger)
 
 

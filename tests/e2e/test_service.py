@@ -11,17 +11,15 @@ against the embedded replay of the same events.
 from __future__ import annotations
 
 import json
-import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pyarrow.parquet as pq
 import pytest
-from sqlalchemy.engine import make_url
 
 from service.database import create_engine
 from service.drive import (
@@ -35,7 +33,7 @@ from service.queries import balances
 from service.replay import replay
 from service.settings import Settings
 from service.topics import ensure_topics
-from tests.conftest import admin_sql
+from tests.e2e.conftest import SettingsFactory
 from tests.factories import DATA, purchase_doc, refund_doc, spec_prices, usage_doc
 
 pytestmark = pytest.mark.e2e
@@ -111,6 +109,8 @@ class Run:
     dead_letters: list[Any]
     expected: list[dict[str, Any]]
     exit_code: int | None
+    rebuilt: list[dict[str, Any]]
+    rebuilt_exit_code: int | None
 
     def of(self, account: str, kind: str | None = None) -> list[dict[str, Any]]:
         return [
@@ -121,65 +121,63 @@ class Run:
         ]
 
 
-@pytest.fixture(scope="module")
-async def run(
-    kafka_bootstrap: str,
-    postgres_url: str,
-    postgres_template: str,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> AsyncIterator[Run]:
-    scratch = tmp_path_factory.mktemp("e2e")
-    name = f"focus_ledger_e2e_{uuid.uuid4().hex[:10]}"
-    admin_sql(postgres_url, f'CREATE DATABASE "{name}" TEMPLATE "{postgres_template}"')
-    prices_path = scratch / "prices.toml"
-    prices_path.write_text((DATA / "spec_prices.toml").read_text() + TERMS)
-    run_id = uuid.uuid4().hex[:8]
-    settings = Settings(
-        database_url=make_url(postgres_url).set(database=name).render_as_string(False),
-        kafka_bootstrap_servers=kafka_bootstrap,
-        prices_path=prices_path,
-        group_id=f"e2e-{run_id}",
-        topic_purchases=f"e2e-{run_id}.credits.purchases",
-        topic_usage=f"e2e-{run_id}.usage.events",
-        topic_charges=f"e2e-{run_id}.focus.charges",
-        topic_dead_letter=f"e2e-{run_id}.ledger.dead-letter",
-        topic_relay_checkpoints=f"e2e-{run_id}.ledger.relay-checkpoints",
-        ordering_hold_max_ms=300,
-        expiry_sweep_interval_ms=500,
-    )
-    events = scratch / "events.jsonl"
-    events.write_bytes(b"\n".join(scenario_events()) + b"\n")
-    expected_csv = scratch / "expected.parquet"
-    prices = spec_prices(TERMS)
-    expected_run = await replay(events, prices, settings, out=expected_csv)
-    expected = pq.read_table(expected_csv).to_pylist()
-
+async def _serve(
+    settings: Settings, logs: Path, produce: Path | None, rows: int, dead: int
+) -> tuple[list[Any], list[Any], int | None]:
+    """Run one service process: produce `produce` (if given), read its output."""
     await ensure_topics(settings)
-    service = start_service(settings, scratch / "service.log")
+    service = start_service(settings, logs)
     try:
         await wait_claimed(settings, service, 60)
-        await produce_lines(settings, events)
+        if produce is not None:
+            await produce_lines(settings, produce)
         published = await read_topic(
             settings,
             settings.topic_charges,
             settings.topic_partitions,
-            len(expected),
+            rows,
             60,
             service,
         )
-        dead = await read_topic(
-            settings,
-            settings.topic_dead_letter,
-            1,
-            len(expected_run.rejections),
-            15,
-            service,
+        dead_letters = await read_topic(
+            settings, settings.topic_dead_letter, 1, dead, 15, service
         )
     finally:
         exit_code = stop_service(service)
-    rows = [orjson.loads(record.value) for record in published]
-    yield Run(settings, rows, dead, expected, exit_code)
-    admin_sql(postgres_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    return published, dead_letters, exit_code
+
+
+@pytest.fixture(scope="module")
+async def run(
+    isolated: SettingsFactory, tmp_path_factory: pytest.TempPathFactory
+) -> Run:
+    prices_text = (DATA / "spec_prices.toml").read_text() + TERMS
+    settings = isolated(prices_text)
+    scratch = tmp_path_factory.mktemp("e2e-service")
+    events = scratch / "events.jsonl"
+    events.write_bytes(b"\n".join(scenario_events()) + b"\n")
+    expected_path = scratch / "expected.parquet"
+    expected_run = await replay(events, spec_prices(TERMS), settings, out=expected_path)
+    expected = pq.read_table(expected_path).to_pylist()
+    dead_count = len(expected_run.rejections)
+
+    published, dead, exit_code = await _serve(
+        settings, scratch / "service.log", events, len(expected), dead_count
+    )
+    # A rebuild: a fresh database and group read the same input from offset 0.
+    rebuild = isolated(prices_text, inputs=settings)
+    rebuilt, _, rebuilt_exit = await _serve(
+        rebuild, scratch / "rebuild.log", None, len(expected), dead_count
+    )
+    return Run(
+        settings=settings,
+        rows=[orjson.loads(record.value) for record in published],
+        dead_letters=dead,
+        expected=expected,
+        exit_code=exit_code,
+        rebuilt=[orjson.loads(record.value) for record in rebuilt],
+        rebuilt_exit_code=rebuilt_exit,
+    )
 
 
 def _d(value: str | None) -> Decimal:
@@ -272,6 +270,15 @@ async def test_published_rows_equal_the_replay_and_appear_once(run: Run) -> None
 
 async def test_the_service_stops_cleanly_on_sigterm(run: Run) -> None:
     assert run.exit_code == 0
+    assert run.rebuilt_exit_code == 0
+
+
+async def test_a_rebuild_from_offset_zero_publishes_identical_rows(run: Run) -> None:
+    original = {row["x_ChargeId"]: row for row in run.rows}
+    rebuilt = {row["x_ChargeId"]: row for row in run.rebuilt}
+
+    assert len(rebuilt) == len(run.rebuilt) == len(original)
+    assert rebuilt == original
 
 
 async def test_balances_in_postgresql_match_the_rows(run: Run) -> None:

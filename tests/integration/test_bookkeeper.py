@@ -31,7 +31,7 @@ PRICES = spec_prices()
 Q = "SKU-762343"
 
 
-class Clock:
+class Clock:  # a clock that only moves when a test moves it
     def __init__(self) -> None:
         self.now = 0.0
 
@@ -143,8 +143,7 @@ async def test_a_copy_is_counted_and_a_reused_id_is_dead_lettered(
 async def test_records_read_again_after_a_restart_are_not_counted_twice(
     engine: AsyncEngine,
 ) -> None:
-    clock = Clock()
-    first = keeper(engine, Settings(ordering_hold_max_ms=60_000), clock)
+    first = keeper(engine, Settings(ordering_hold_max_ms=60_000))
     await claim_all(first)
     held = record(USAGE, 0, usage_doc("u-held", "2025-04-01T05:00:00Z", "a", Q, "1"))
     poison = record(USAGE, 1, b"not json at all")
@@ -152,21 +151,25 @@ async def test_records_read_again_after_a_restart_are_not_counted_twice(
         PURCHASES, 0, purchase_doc("p", "2025-04-01T00:00:00Z", "a", "5", "5")
     )
     usage = record(USAGE, 2, usage_doc("u-now", "2025-04-01T00:00:01Z", "a", Q, "1"))
-    report = await first.book([held, poison, early, usage])
-    # Purchases reached only 00:00:00, so everything after waits; the poison
-    # record is dead-lettered at once, yet usage[0] holds the offset back.
-    assert (report.applied, report.dead_letters) == (0, 1)
-    flushed = await first.book([], flush=True)
-    assert flushed.applied == 3
+    stream = [held, poison, early, usage]
 
+    report = await first.book(stream)
+    # Purchases are only at 00:00:00, so every event waits; the poison record
+    # is dead-lettered at once, and the held events keep the offsets back.
+    assert (report.applied, report.dead_letters, report.held) == (0, 1, 3)
+
+    # A crash now: the next process reads the same records again.
     restarted = keeper(engine)
     offsets = await claim_all(restarted)
-    assert offsets[(USAGE, 0)] == 3
-    # Pretend the crash came before that flush committed its offsets: the
-    # records are read again from where the first batch left them.
-    again = await restarted.book([held, poison, early, usage], flush=True)
-    assert again.redelivered == 4
-    assert (again.applied, again.duplicates, again.dead_letters) == (0, 0, 0)
+    assert offsets == {(PURCHASES, 0): 0, (USAGE, 0): 0}
+    again = await restarted.book(stream, flush=True)
+    assert (again.applied, again.redelivered, again.dead_letters) == (3, 1, 0)
+
+    # And once more after everything is committed: nothing enters at all.
+    third = keeper(engine)
+    assert await claim_all(third) == {(PURCHASES, 0): 1, (USAGE, 0): 3}
+    last = await third.book(stream, flush=True)
+    assert (last.refetched, last.applied, last.committed) == (4, 0, False)
     assert await count(engine, PROCESSED) == 3
     assert await count(engine, DISPOSITIONS) == 1
 
@@ -231,7 +234,9 @@ async def test_a_lot_whose_journal_does_not_add_up_stops_the_batch(
     assert await count(engine, PROCESSED) == 2
 
 
-async def test_an_expiry_sweep_expires_quiet_lots_once(engine: AsyncEngine) -> None:
+async def test_a_sweep_expires_quiet_lots_once_the_data_has_passed_them(
+    engine: AsyncEngine,
+) -> None:
     bookkeeper = keeper(engine)
     await claim_all(bookkeeper)
     lot = purchase_doc(
@@ -243,18 +248,20 @@ async def test_an_expiry_sweep_expires_quiet_lots_once(engine: AsyncEngine) -> N
         expires_at="2025-04-10T00:00:00Z",
     )
     await bookkeeper.book([record(PURCHASES, 0, lot)], flush=True)
-    swept = await bookkeeper.book(
-        [], sweep_partitions=[0], sweep_cutoff=at("2025-04-11T00:00:00Z")
-    )
-    again = await bookkeeper.book(
-        [], sweep_partitions=[0], sweep_cutoff=at("2025-04-12T00:00:00Z")
-    )
+    as_of = at("2025-04-20T00:00:00Z")
 
-    assert swept.expired_lots == 1 and again.expired_lots == 0
-    total = await scalar(
-        engine,
+    # The partition's data is still at 1 April: expiring now would run ahead
+    # of events that may yet arrive for 2 to 9 April.
+    early = await bookkeeper.book([], sweep_partitions=[0], sweep_cutoff=as_of)
+    other = usage_doc("b-u", "2025-04-12T00:00:00Z", "b", Q, "1")
+    await bookkeeper.book([record(USAGE, 0, other)], flush=True)
+    swept = await bookkeeper.book([], sweep_partitions=[0], sweep_cutoff=as_of)
+    again = await bookkeeper.book([], sweep_partitions=[0], sweep_cutoff=as_of)
+
+    assert (early.expired_lots, swept.expired_lots, again.expired_lots) == (0, 1, 0)
+    query = (
         sa.select(sa.func.count())
         .select_from(ENTRIES)
-        .where(ENTRIES.c.kind == "expiry"),
+        .where(ENTRIES.c.kind == "expiry")
     )
-    assert total == 1
+    assert await scalar(engine, query) == 1

@@ -69,8 +69,11 @@ class EntryKind(StrEnum):
 class Entry:
     """One line of an account's journal.
 
-    `credits` is the change of the account's credit balance and `basis` the
-    change of the national value its lots hold; both are signed.
+    `credits` is the change of the account's credit balance, `lot_credits`
+    the change of the credits held in `lot_id`, and `basis` the change of the
+    national value held in it; all are signed. They differ for a settlement,
+    which moves credits from a lot to pay what was owed: the lot loses them,
+    the balance does not change.
     """
 
     entry_id: str
@@ -83,6 +86,7 @@ class Entry:
     basis: Decimal
     event_id: str
     event_source: str
+    lot_credits: Decimal = Decimal(0)
     charge: Charge | None = None
 
 
@@ -351,6 +355,7 @@ class _Book:
                     -taken.basis,
                     piece.usage_id,
                     piece.usage_source,
+                    lot_credits=-taken.credits,
                 )
             )
         return entries
@@ -518,7 +523,10 @@ class _Book:
         basis: Decimal,
         event_id: str,
         event_source: str,
+        lot_credits: Decimal | None = None,
     ) -> Entry:
+        if lot_credits is None:
+            lot_credits = credits if lot else Decimal(0)
         return Entry(
             entry_id=charge.charge_id,
             kind=kind,
@@ -530,6 +538,7 @@ class _Book:
             basis=basis,
             event_id=event_id,
             event_source=event_source,
+            lot_credits=lot_credits,
             charge=charge,
         )
 

@@ -9,30 +9,37 @@ condition.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import sys
 from datetime import UTC, datetime
-from decimal import Decimal
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from aiokafka.errors import KafkaError
+from sqlalchemy.exc import ProgrammingError, SQLAlchemyError
 
-from ledger import money
 from ledger.errors import LedgerError
 from ledger.prices import PriceList
 from service import database, logs
 from service.database import create_engine
 from service.demo import run_demo
 from service.ingest import EXIT_FATAL, Ingest
-from service.queries import balances
+from service.queries import Balance, balances
 from service.replay import replay as replay_file
 from service.samples import write_demo_events
 from service.schemas import write_schemas
-from service.settings import Settings
+from service.settings import Settings, reference
 from service.topics import ensure_topics
+from service.views import balance_lines
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help=__doc__,
+    pretty_exceptions_enable=False,
+)
 log = logging.getLogger("service.cli")
 
 EXIT_FAILURE = 1
@@ -133,8 +140,9 @@ def replay(
         )
     )
     typer.echo(
-        f"{result.records} records: {result.applied} applied, {result.duplicates} "
-        f"duplicates, {result.dead_letters} dead letters, {result.late} late"
+        f"{result.records} records: {result.applied} applied, "
+        f"{result.duplicates} duplicate(s), {result.dead_letters} dead letter(s), "
+        f"{result.late} late"
     )
     for line, reason, event_id in result.rejections:
         typer.echo(f"  line {line}: {reason} (event {event_id or '-'})")
@@ -165,6 +173,20 @@ def balance(
 
 
 @app.command()
+def config(
+    markdown: Annotated[
+        bool, typer.Option(help="print the reference table of every setting")
+    ] = False,
+) -> None:
+    """Print the configuration in use (secrets masked)."""
+    if markdown:
+        typer.echo(reference(), nl=False)
+        return
+    for name, value in Settings().shown().items():
+        typer.echo(f"FOCUS_LEDGER_{name.upper()}={value}")
+
+
+@app.command()
 def schemas(
     out: Annotated[Path, typer.Option(help="folder to write")] = Path("docs/schemas"),
 ) -> None:
@@ -192,34 +214,46 @@ def demo(
     """Run the main job end to end on the running Kafka and PostgreSQL."""
 
     settings = _settings()
-    logs.configure("WARNING", "text")
+    logs.configure("ERROR", "text")
     code = asyncio.run(run_demo(settings, events, timeout_s))
     raise typer.Exit(code)
 
 
-def _print_balances(rows: list) -> None:  # type: ignore[type-arg]
-    if not rows:
-        typer.echo("no balances")
-        return
-    typer.echo(
-        f"{'account':<18} {'cur':<4} {'credits':>18} {'owed':>12} {'value':>14} "
-        f"{'lots':>4}"
-    )
-    for row in rows:
-        typer.echo(
-            f"{row.account_id:<18} {row.currency:<4} {_num(row.credits):>18} "
-            f"{_num(row.owed_credits):>12} {_num(row.value, 2):>10} "
-            f"{row.billing_currency or '':<3} {row.open_lots:>4}"
-        )
-
-
-def _num(value: Decimal, places: int = 0) -> str:
-    return money.text(value, places)
+def _print_balances(rows: list[Balance]) -> None:
+    for line in balance_lines(rows):
+        typer.echo(line)
 
 
 def main() -> None:
+    """Run a command; failures the user can act on become one line, exit 1."""
     try:
         app()
-    except LedgerError as error:
-        typer.echo(f"error: {error}", err=True)
+    except (LedgerError, SQLAlchemyError, KafkaError, OSError) as error:
+        typer.echo(f"error: {explain(error)}", err=True)
         sys.exit(EXIT_FAILURE)
+
+
+def explain(error: BaseException) -> str:
+    """One line that says what failed and what to do about it."""
+    settings = Settings()
+    if isinstance(error, ProgrammingError) and "does not exist" in str(error.orig):
+        return (
+            f"the database {logs.safe_url(settings.database_url)} has no ledger "
+            "schema; run `focus-ledger migrate` (the demo keeps its own database, "
+            "focus_ledger_demo)"
+        )
+    if isinstance(error, SQLAlchemyError | ConnectionError) or (
+        isinstance(error, OSError)
+        and error.errno in (errno.ECONNREFUSED, None)
+        and not isinstance(error, FileNotFoundError)
+    ):
+        reason = getattr(error, "orig", None) or error
+        return (
+            f"cannot use the database {logs.safe_url(settings.database_url)}: "
+            f"{str(reason).splitlines()[0]}"
+        )
+    if isinstance(error, KafkaError):
+        return f"Kafka at {settings.kafka_bootstrap_servers}: {error}"
+    if isinstance(error, FileNotFoundError):
+        return f"no such file: {error.filename}"
+    return str(error)

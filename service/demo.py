@@ -19,12 +19,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import csv
 import tempfile
 import time
 from datetime import UTC, datetime
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +31,7 @@ from sqlalchemy.engine import make_url
 
 from ledger.charges import COLUMNS
 from ledger.prices import PriceList
+from service import logs
 from service.database import create_engine, migrate
 from service.drive import (
     admin_execute,
@@ -47,6 +46,7 @@ from service.queries import balances
 from service.replay import replay
 from service.settings import REPO_ROOT, Settings
 from service.topics import ensure_topics
+from service.views import balance_lines, dead_letter_lines, row_lines
 
 DEMO_DATABASE = "focus_ledger_demo"
 
@@ -125,9 +125,9 @@ async def run_demo(settings: Settings, events: Path | None, timeout_s: float) ->
     finally:
         exit_code = stop_service(service)
 
-    rows = [_row_cells(orjson.loads(record.value)) for record in published]
+    rows = [orjson.loads(record.value) for record in published]
     await _print_results(demo, rows, dead)
-    same = _compare(expected, rows)
+    same = _compare(expected, [_row_cells(row) for row in rows])
     _say()
     _say(
         f"service rows == replay rows: {'yes' if same else 'NO'} "
@@ -135,11 +135,21 @@ async def run_demo(settings: Settings, events: Path | None, timeout_s: float) ->
     )
     _say(f"service stopped with SIGTERM, exit code {exit_code}")
     _say(f"demo took {time.monotonic() - started:.1f} s")
+    _say()
+    _say("The demo's ledger stays in its own database; ask it, for example:")
+    _say(
+        f"  DATABASE_URL={logs.safe_url(demo.database_url)} "
+        ".venv/bin/focus-ledger balance acct-initech"
+    )
     return (
         0
         if same and exit_code == 0 and len(dead) == len(expected_run.rejections)
         else 1
     )
+
+
+def _shown(path: Path) -> Path:
+    return path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path
 
 
 def _row_cells(row: dict[str, Any]) -> dict[str, str]:
@@ -174,7 +184,7 @@ def _compare(expected: list[dict[str, str]], rows: list[dict[str, str]]) -> bool
 
 
 async def _print_results(
-    settings: Settings, rows: list[dict[str, str]], dead: list[Any]
+    settings: Settings, rows: list[dict[str, Any]], dead: list[Any]
 ) -> None:
     engine = create_engine(settings)
     try:
@@ -183,52 +193,14 @@ async def _print_results(
     finally:
         await engine.dispose()
     _say()
-    _say("Balances (credits usable now; value is the national cost basis left)")
-    _say(
-        f"  {'billing account':<16} {'currency':<8} {'credits':>16} {'owed':>8} "
-        f"{'value':>12} {'lots':>4}"
-    )
-    for item in current:
-        _say(
-            f"  {item.account_id:<16} {item.currency:<8} "
-            f"{_fixed(item.credits, 6):>16} {_fixed(item.owed_credits, 0):>8} "
-            f"{_fixed(item.value, 2):>8} {item.billing_currency or '':<3} "
-            f"{item.open_lots:>4}"
-        )
+    _say("Balances now (credits usable; value = national cost basis left in lots)")
+    for line in balance_lines(current):
+        _say(line)
     _say()
     _say(f"FOCUS rows published on {settings.topic_charges} ({len(rows)})")
-    _say(
-        f"  {'kind':<10} {'billing account':<15} {'charge period start':<20} "
-        f"{'sku':<16} {'credits':>12} {'EffectiveCost':>14} {'BilledCost':>10} "
-        f"{'invoice':<16}"
-    )
-    for row in sorted(
-        rows,
-        key=lambda r: (r["BillingAccountId"], r["ChargePeriodStart"], r["x_ChargeId"]),
-    ):
-        _say(
-            f"  {row['x_ChargeKind']:<10} {row['BillingAccountId']:<15} "
-            f"{row['ChargePeriodStart']:<20} {row['SkuId']:<16} "
-            f"{row['PricingCurrencyEffectiveCost']:>12} "
-            f"{_fixed_text(row['EffectiveCost'], 6):>14} {row['BilledCost']:>10} "
-            f"{row['InvoiceId']:<16}"
-        )
+    for line in row_lines(rows):
+        _say(line)
     _say()
     _say(f"Dead letters on {settings.topic_dead_letter} ({len(dead)})")
-    for record in dead:
-        headers = {name: value.decode() for name, value in record.headers}
-        _say(
-            f"  {headers.get('dlq.reason', '?'):<16} {headers.get('dlq.topic', '')}"
-            f"[{headers.get('dlq.partition', '')}]@{headers.get('dlq.offset', '')}: "
-            f"{headers.get('dlq.detail', '')[:90]}"
-        )
-
-
-def _fixed(value: Any, places: int) -> str:
-    return f"{value:.{places}f}"
-
-
-def _fixed_text(text: str, places: int) -> str:
-    with contextlib.suppress(ValueError, ArithmeticError):
-        return f"{Decimal(text):.{places}f}"
-    return text
+    for line in dead_letter_lines(dead):
+        _say(line)

@@ -19,8 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger import money
 from ledger.charges import COLUMNS
-from ledger.lots import LotStatus
-from service.tables import DEFICITS, ENTRIES, LOTS
+from service.tables import ENTRIES, LOTS
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,36 +45,48 @@ class _Total:
 async def balances(
     conn: AsyncConnection, moment: datetime, account_id: str | None = None
 ) -> list[Balance]:
-    """Current balances per account and virtual currency."""
-    usable = sa.and_(
-        LOTS.c.status == LotStatus.OPEN,
-        LOTS.c.purchased_at <= moment,
-        sa.or_(LOTS.c.expires_at.is_(None), LOTS.c.expires_at > moment),
-    )
-    held = sa.select(
+    """Balances per account and virtual currency as they stood at `moment`.
+
+    Computed from the journal, so any past instant gives what a replay of the
+    events up to it gives: the credits of lots bought by then and not expired
+    then, minus the credits owed then. An account whose lots are spent shows
+    a zero balance rather than no line.
+    """
+    per_lot = await _lot_sums(conn, moment, account_id)
+    lots = sa.select(
+        LOTS.c.lot_id,
         LOTS.c.account_id,
         LOTS.c.currency,
         LOTS.c.billing_currency,
-        LOTS.c.remaining_quantity,
-        LOTS.c.remaining_basis,
-    ).where(usable)
+        LOTS.c.expires_at,
+    ).where(LOTS.c.purchased_at <= moment)
     owed = sa.select(
-        DEFICITS.c.account_id, DEFICITS.c.currency, DEFICITS.c.credits
-    ).where(DEFICITS.c.credits > 0)
+        ENTRIES.c.account_id,
+        ENTRIES.c.currency,
+        ENTRIES.c.kind,
+        ENTRIES.c.credits,
+        ENTRIES.c.lot_credits,
+    ).where(
+        ENTRIES.c.kind.in_(["deficit", "settlement"]), ENTRIES.c.occurred_at <= moment
+    )
     if account_id is not None:
-        held = held.where(LOTS.c.account_id == account_id)
-        owed = owed.where(DEFICITS.c.account_id == account_id)
+        lots = lots.where(LOTS.c.account_id == account_id)
+        owed = owed.where(ENTRIES.c.account_id == account_id)
     totals: dict[tuple[str, str], _Total] = {}
-    for row in await conn.execute(held):
-        total = totals.setdefault((row.account_id, row.currency), _Total())
-        total.credits += row.remaining_quantity
-        total.value += row.remaining_basis
-        total.lots += 1
-        total.billing_currency = row.billing_currency
+    for lot in await conn.execute(lots):
+        total = totals.setdefault((lot.account_id, lot.currency), _Total())
+        total.billing_currency = lot.billing_currency
+        if lot.expires_at is not None and lot.expires_at <= moment:
+            continue
+        credits, basis = per_lot.get(lot.lot_id, (Decimal(0), Decimal(0)))
+        total.credits = money.add(total.credits, credits)
+        total.value = money.add(total.value, basis)
+        total.lots += credits > 0
     for debt in await conn.execute(owed):
-        totals.setdefault(
-            (debt.account_id, debt.currency), _Total()
-        ).owed += debt.credits
+        total = totals.setdefault((debt.account_id, debt.currency), _Total())
+        # A deficit adds what it did not cover; a settlement pays it back.
+        change = -debt.credits if debt.kind == "deficit" else debt.lot_credits
+        total.owed = money.add(total.owed, change)
     return [
         Balance(
             account_id=account,
@@ -88,6 +99,38 @@ async def balances(
         )
         for (account, currency), total in sorted(totals.items())
     ]
+
+
+async def _lot_sums(
+    conn: AsyncConnection, moment: datetime, account_id: str | None
+) -> dict[str, tuple[Decimal, Decimal]]:
+    """Per lot, the credits and basis its journal holds at `moment`, exactly.
+
+    PostgreSQL sums NUMERIC exactly. SQLite would sum the text as binary
+    floats, so there the lines are added here, as Decimals.
+    """
+    conditions = [ENTRIES.c.lot_id.is_not(None), ENTRIES.c.occurred_at <= moment]
+    if account_id is not None:
+        conditions.append(ENTRIES.c.account_id == account_id)
+    if conn.dialect.name == "postgresql":
+        grouped = (
+            sa.select(
+                ENTRIES.c.lot_id,
+                sa.func.sum(ENTRIES.c.lot_credits),
+                sa.func.sum(ENTRIES.c.basis),
+            )
+            .where(*conditions)
+            .group_by(ENTRIES.c.lot_id)
+        )
+        return {row[0]: (row[1], row[2]) for row in await conn.execute(grouped)}
+    lines = sa.select(ENTRIES.c.lot_id, ENTRIES.c.lot_credits, ENTRIES.c.basis).where(
+        *conditions
+    )
+    sums: dict[str, tuple[Decimal, Decimal]] = {}
+    for lot_id, credits, basis in await conn.execute(lines):
+        held, value = sums.get(lot_id, (Decimal(0), Decimal(0)))
+        sums[lot_id] = (money.add(held, credits), money.add(value, basis))
+    return sums
 
 
 async def charge_rows(

@@ -629,6 +629,7 @@ def _entry_row(entry: Entry) -> dict[str, Any]:
         "lot_id": entry.lot_id,
         "occurred_at": entry.occurred_at,
         "credits": entry.credits,
+        "lot_credits": entry.lot_credits,
         "basis": entry.basis,
         "event_id": entry.event_id,
         "event_source": entry.event_source,

@@ -172,6 +172,7 @@ class EntryRow(SQLModel, table=True):
     lot_id: str | None = Field(default=None, max_length=36)
     occurred_at: datetime = _instant()
     credits: Decimal = _exact()
+    lot_credits: Decimal = _exact()
     basis: Decimal = _exact()
     event_id: str = Field(max_length=128)
     event_source: str = Field(max_length=256)

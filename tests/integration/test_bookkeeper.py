@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +20,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from ledger.errors import InvariantError
 from ledger.ordering import Position
 from service.bookkeeper import Bookkeeper, InputRecord
+from service.database import create_embedded_schema, create_engine
+from service.queries import balances
 from service.records import HEADER_REASON
 from service.settings import Settings
 from service.store import FencedError
@@ -29,6 +32,7 @@ PURCHASES, USAGE = "credits.purchases", "usage.events"
 SETTINGS = Settings(ordering_hold_max_ms=0)
 PRICES = spec_prices()
 Q = "SKU-762343"
+W = "SKU-78314"
 
 
 class Clock:  # a clock that only moves when a test moves it
@@ -265,3 +269,66 @@ async def test_a_sweep_expires_quiet_lots_once_the_data_has_passed_them(
         .where(ENTRIES.c.kind == "expiry")
     )
     assert await scalar(engine, query) == 1
+
+
+HISTORY = [
+    record(
+        PURCHASES,
+        0,
+        purchase_doc(
+            "h1",
+            "2025-04-01T00:00:00Z",
+            "a",
+            "100",
+            "100.00",
+            expires_at="2025-04-06T00:00:00Z",
+        ),
+    ),
+    record(USAGE, 0, usage_doc("hu1", "2025-04-02T00:00:00Z", "a", Q, "30")),
+    record(USAGE, 1, usage_doc("hu2", "2025-04-03T00:00:00Z", "a", W, "40")),
+    record(
+        PURCHASES, 1, purchase_doc("h2", "2025-04-04T00:00:00Z", "a", "50", "75.00")
+    ),
+    record(
+        PURCHASES,
+        2,
+        refund_doc("hr", "2025-04-05T00:00:00Z", "a", "h2", "15.00", quantity="10"),
+    ),
+    record(USAGE, 2, usage_doc("hu3", "2025-04-07T00:00:00Z", "a", Q, "5")),
+]
+INSTANTS = [
+    "2025-04-01T12:00:00Z",
+    "2025-04-02T00:00:00Z",
+    "2025-04-03T12:00:00Z",
+    "2025-04-04T00:00:00Z",
+    "2025-04-05T12:00:00Z",
+    "2025-04-06T00:00:00Z",
+    "2025-04-08T00:00:00Z",
+]
+
+
+@pytest.mark.parametrize("instant", INSTANTS)
+async def test_a_balance_as_of_an_instant_equals_a_replay_up_to_it(
+    engine: AsyncEngine, tmp_path: Path, instant: str
+) -> None:
+    full = keeper(engine)
+    await claim_all(full)
+    await full.book(HISTORY, flush=True)
+    moment = at(instant)
+    partial = create_engine(SETTINGS, f"sqlite+aiosqlite:///{tmp_path}/partial.db")
+    await create_embedded_schema(partial)
+    replayed = keeper(partial)
+    await claim_all(replayed)
+    await replayed.book(
+        [r for r in HISTORY if json.loads(r.raw.value or b"{}")["time"] <= instant],
+        flush=True,
+    )
+
+    async with engine.connect() as conn:
+        as_of = await balances(conn, moment, "a")
+    async with partial.connect() as conn:
+        expected = await balances(conn, moment, "a")
+    await partial.dispose()
+
+    assert as_of == expected
+    assert as_of, "the account has a balance line from its first purchase on"

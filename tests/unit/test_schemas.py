@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from service.schemas import all_schemas, render
+from service.settings import reference
 
 FOLDER = Path(__file__).parents[2] / "docs" / "schemas"
 
@@ -19,3 +20,9 @@ def test_every_event_schema_fixes_its_type() -> None:
     for name, schema in all_schemas().items():
         if name != "focus-row.json":
             assert schema["properties"]["type"] == {"const": name.removesuffix(".json")}
+
+
+def test_the_configuration_reference_is_the_settings_model() -> None:
+    operations = (FOLDER.parent / "operations.md").read_text(encoding="utf-8")
+
+    assert reference() in operations, "run focus-ledger config --markdown"

@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: venv demo test lint schemas stack-start stack-stop clean
+.PHONY: venv demo test lint docs stack-start stack-stop clean
 
 venv: $(VENV)/.installed
 
@@ -28,8 +28,9 @@ lint: venv
 	$(BIN)/ruff format --check ledger service tests bench
 	$(BIN)/mypy ledger service tests bench
 
-schemas: venv
-	$(BIN)/focus-ledger schemas --out docs/schemas
+docs: venv
+	$(BIN)/focus-ledger docs
+	$(BIN)/python -m tests.hostile --write
 
 stack-start:
 	deploy/stack.sh start

@@ -715,7 +715,7 @@ class _Book:
             service_subcategory=currency.service_subcategory,
             sku_id=currency.sku_id,
             sku_price_id=currency.sku_price_id,
-            sku_meter=None,
+            sku_meter=currency.sku_meter,
             sku_price_details=None,
             resource_id=lot.lot_id,
             resource_name=f"{currency.name} lot, invoice {lot.invoice_id}",

@@ -8,15 +8,18 @@ releases events in their total order (time, rank, source, id, see
 
 Events are grouped by partition number: with both topics keyed by billing
 account and partitioned alike, one partition number holds all events of its
-accounts. An event is released when either
+accounts. An event is released when every input topic of its partition
+either
 
-- the partition's event time has moved `window` past it on *every* input
-  topic: the slowest topic decides, so usage read ahead of a lagging (or not
-  yet read) purchases topic waits for the purchases to catch up; or
-- it has been held for `hold_max_s` seconds of processing time, so that a
-  quiet partition still moves;
+- has moved `window` past it in event time (a later event was read), or
+- is read to its end and the event has waited `hold_max_s` seconds of
+  processing time, so a quiet topic does not stop the partition;
 
-and always together with every held event that sorts before it. While events
+and always together with every held event that sorts before it. A topic
+with records still to read is never waited out by the clock: when a backlog
+is read (after downtime, or a rebuild from offset 0) usage waits for the
+purchases before it however long the reading takes, and the order is the
+one the log implies, not one that depends on fetch timing. While events
 are held, their input offsets are not committed: after a crash they are read
 again (see `resume_offsets`), so holding loses nothing.
 
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -117,14 +121,25 @@ class Sequencer:
         tp = (position.topic, position.partition)
         self._next_offsets[tp] = max(self._next_offsets.get(tp, 0), position.offset + 1)
 
-    def release(self, now_s: float, *, flush: bool = False) -> list[Held]:
+    def release(
+        self,
+        now_s: float,
+        *,
+        read_to_end: Collection[tuple[str, int]] | None = None,
+        flush: bool = False,
+    ) -> list[Held]:
         """Remove and return every event whose turn has come, in order.
 
-        With `flush`, every held event's turn has come (the end of a replay).
+        `read_to_end` names the input partitions with nothing left to read;
+        only those may be waited out by the hold. None means all of them (a
+        caller without that knowledge). With `flush`, every held event's
+        turn has come (the end of a replay).
         """
         released: list[Held] = []
-        for stream in self._streams.values():
-            while stream.heap and (flush or self._due(stream, now_s)):
+        for partition, stream in self._streams.items():
+            while stream.heap and (
+                flush or self._due(partition, stream, now_s, read_to_end)
+            ):
                 held = heapq.heappop(stream.heap)
                 self._held_count -= 1
                 held.released = True
@@ -133,14 +148,32 @@ class Sequencer:
                 self._forget_offset(held.position)
         return released
 
-    def _due(self, stream: _Stream, now_s: float) -> bool:
+    def _due(
+        self,
+        partition: int,
+        stream: _Stream,
+        now_s: float,
+        read_to_end: Collection[tuple[str, int]] | None,
+    ) -> bool:
         top = stream.heap[0]
         if top.late or self._held_count > self.held_max:
             return True
-        if len(stream.time_max) == len(self.topics) and top.event.time <= (
-            min(stream.time_max.values()) - self.window
-        ):
-            return True
+        waited: bool | None = None
+        for topic in self.topics:
+            topic_max = stream.time_max.get(topic)
+            if topic_max is not None and top.event.time <= topic_max - self.window:
+                continue
+            if read_to_end is not None and (topic, partition) not in read_to_end:
+                return False
+            if waited is None:
+                waited = self._waited(stream, top, now_s)
+            if not waited:
+                return False
+        return True
+
+    def _waited(self, stream: _Stream, top: Held, now_s: float) -> bool:
+        """Has the earliest-arrived held event waited out the hold? The top
+        goes with it when it sorts before it."""
         while stream.arrivals and stream.arrivals[0].released:
             stream.arrivals.popleft()
         if not stream.arrivals:

@@ -57,6 +57,7 @@ class VirtualCurrency:
     service_name: str
     service_category: str
     service_subcategory: str
+    sku_meter: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +202,8 @@ def _parse_currency(code: str, body: dict[str, Any]) -> VirtualCurrency:
         service_name=_text(body, "service_name", where),
         service_category=_text(body, "service_category", where),
         service_subcategory=_text(body, "service_subcategory", where),
+        sku_meter=_optional_text(body, "sku_meter", where)
+        or _text(body, "unit", where),
     )
 
 

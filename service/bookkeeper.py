@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -204,6 +204,8 @@ class Bookkeeper:
         self,
         records: Sequence[InputRecord],
         *,
+        highwaters: Mapping[TopicPartition, int | None] | None = None,
+        sweep: bool = False,
         sweep_partitions: Iterable[int] = (),
         sweep_cutoff: datetime | None = None,
         flush: bool = False,
@@ -214,10 +216,14 @@ class Bookkeeper:
         now_s = self.clock_s()
 
         rejected = self._decode(records, now_s, report)
-        released = self.sequencer.release(now_s, flush=flush)
-        sweep = self._sweep_cutoffs(sweep_partitions, sweep_cutoff, now_s)
+        read_to_end = self._read_to_end(highwaters)
+        released = self.sequencer.release(now_s, read_to_end=read_to_end, flush=flush)
+        sweeping = set(sweep_partitions)
+        if sweep:
+            sweeping |= self._partitions_read_to_end(read_to_end)
+        sweep_cutoffs = self._sweep_cutoffs(sweeping, sweep_cutoff, now_s)
         offsets = self._offsets()
-        if not (released or rejected or sweep) and all(
+        if not (released or rejected or sweep_cutoffs) and all(
             self.committed.get(tp) == value for tp, value in offsets.items()
         ):
             report.held = self.held
@@ -231,7 +237,7 @@ class Bookkeeper:
             disposed = await self.store.disposed(conn, window)
             self._dead_letter_rejected(rejected, disposed, changes, report)
             await self._apply(conn, released, disposed, changes, report)
-            await self._sweep(conn, sweep, changes, report)
+            await self._sweep(conn, sweep_cutoffs, changes, report)
             await self.store.save(conn, changes)
         self.faults.strike("batch_after_commit")
 
@@ -290,6 +296,36 @@ class Bookkeeper:
                 latest,
             )
         return offsets
+
+    def _read_to_end(
+        self, highwaters: Mapping[TopicPartition, int | None] | None
+    ) -> set[TopicPartition] | None:
+        """Owned input partitions with nothing more to read (None: unknown)."""
+        if highwaters is None:
+            return None
+        reached = self.sequencer.high_offsets()
+        done: set[TopicPartition] = set()
+        for tp, progress in self.committed.items():
+            highwater = highwaters.get(tp)
+            if (
+                highwater is not None
+                and reached.get(tp, progress.next_offset) >= highwater
+            ):
+                done.add(tp)
+        return done
+
+    def _partitions_read_to_end(
+        self, read_to_end: set[TopicPartition] | None
+    ) -> set[int]:
+        """Partition numbers whose every owned input topic is read to its end."""
+        partitions = {partition for _, partition in self.epochs}
+        if read_to_end is None:
+            return partitions
+        return {
+            p
+            for p in partitions
+            if all(tp in read_to_end for tp in self.epochs if tp[1] == p)
+        }
 
     def _sweep_cutoffs(
         self, partitions: Iterable[int], limit: datetime | None, now_s: float

@@ -25,11 +25,11 @@ from ledger.prices import PriceList
 from service import database, logs
 from service.database import create_engine
 from service.demo import run_demo
+from service.docs import regenerate
 from service.ingest import EXIT_FATAL, Ingest
 from service.queries import Balance, balances
 from service.replay import replay as replay_file
 from service.samples import write_demo_events
-from service.schemas import write_schemas
 from service.settings import Settings, reference
 from service.topics import ensure_topics
 from service.views import balance_lines
@@ -187,11 +187,9 @@ def config(
 
 
 @app.command()
-def schemas(
-    out: Annotated[Path, typer.Option(help="folder to write")] = Path("docs/schemas"),
-) -> None:
-    """Write the JSON Schemas of the input events and the output rows."""
-    for path in write_schemas(out):
+def docs() -> None:
+    """Rewrite the generated parts of docs/ (schemas, tables) from the code."""
+    for path in regenerate():
         typer.echo(f"wrote {path}")
 
 

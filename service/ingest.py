@@ -184,7 +184,7 @@ class Ingest:
                 return
         try:
             report = await self.bookkeeper.book(
-                records, sweep_partitions=self._sweep_partitions()
+                records, highwaters=self._highwaters(), sweep=self._sweep_due()
             )
         except FencedError as error:
             log.warning("batch fenced; partitions moved", extra={"error": str(error)})
@@ -257,30 +257,29 @@ class Ingest:
             raise RuntimeError("the consumer is not running")
         return consumer
 
-    def _sweep_partitions(self) -> list[int]:
-        """Partition numbers whose input is read to its end, if a sweep is due.
+    def _highwaters(self) -> dict[tuple[str, int], int | None]:
+        """Per owned partition, the end of what may be read (read_committed).
 
-        Expiry must wait until every event before it has been applied; a
-        partition that still has a backlog expires its lots on its events.
+        The bookkeeper compares it with what it has read: a partition read to
+        its end may be waited out by the ordering hold and may sweep expiries;
+        one with a backlog may not.
         """
-        now = time.monotonic()
-        if (
-            now - self._last_sweep_s < self.settings.expiry_sweep_interval_ms / 1000
-            or self.subscriber.consumer is None
-        ):
-            return []
-        self._last_sweep_s = now
         consumer = self.subscriber.consumer
-        reached = self.bookkeeper.sequencer.high_offsets()
-        by_partition: dict[int, list[bool]] = {}
-        for (topic, partition), progress in self.bookkeeper.committed.items():
-            highwater = consumer.highwater(TopicPartition(topic, partition))
-            position = reached.get((topic, partition), progress.next_offset)
-            caught_up = highwater is not None and position >= highwater
-            by_partition.setdefault(partition, []).append(caught_up)
-        return sorted(
-            p for p, flags in by_partition.items() if len(flags) == 2 and all(flags)
-        )
+        if consumer is None:
+            return {}
+        return {
+            (topic, partition): consumer.last_stable_offset(
+                TopicPartition(topic, partition)
+            )
+            for topic, partition in self.bookkeeper.committed
+        }
+
+    def _sweep_due(self) -> bool:
+        now = time.monotonic()
+        if now - self._last_sweep_s < self.settings.expiry_sweep_interval_ms / 1000:
+            return False
+        self._last_sweep_s = now
+        return True
 
     async def _tick(self) -> None:
         """Release held events and sweep expiries when no records arrive."""

@@ -130,9 +130,9 @@ class Settings(BaseSettings):
         "ChargePeriod of usage rows: the UTC hour, or the account's local day.",
     )
     overage_invoice_pattern: str | None = _f(
-        None,
-        "Provisional InvoiceId of overage rows, e.g. {account}-{period}-P; "
-        "unset: null.",
+        "PRV-{account}-{period}",
+        "Provisional InvoiceId of overage rows ({account}, and {period} such as "
+        "2025-04); empty: null until an invoice exists.",
     )
 
     consumer_session_timeout_ms: int = _f(
@@ -211,7 +211,7 @@ class Settings(BaseSettings):
     def rules(self) -> Rules:
         return Rules(
             charge_grain=self.charge_grain,
-            overage_invoice_pattern=self.overage_invoice_pattern,
+            overage_invoice_pattern=self.overage_invoice_pattern or None,
         )
 
     @property

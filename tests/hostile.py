@@ -6,8 +6,8 @@ the stated reason, change nothing else, and leave its partition moving. Some
 cases need an account with history; `SETUP` gives them one.
 
 `python -m tests.hostile` runs the corpus through the bookkeeper on an
-embedded store and prints the table of `docs/hostile-input.md`; a test keeps
-that page equal to what the code does.
+embedded store and prints the table of `docs/hostile-input.md` (`--write`
+rewrites it there); a test keeps that page equal to what the code does.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from ledger.events import RawRecord
 from ledger.ordering import Position
 from service.bookkeeper import Bookkeeper, InputRecord
 from service.database import create_embedded_schema, create_engine
+from service.docs import regenerate
 from service.settings import Settings
 from tests.factories import purchase_doc, refund_doc, spec_prices, usage_doc
 
@@ -375,5 +376,13 @@ def table(results: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def current_table() -> str:
+    """The table of what the code does now, for docs/hostile-input.md."""
+    return table(asyncio.run(outcomes(Settings(ordering_hold_max_ms=0))))
+
+
 if __name__ == "__main__":
-    sys.stdout.write(table(asyncio.run(outcomes(Settings(ordering_hold_max_ms=0)))))
+    if sys.argv[1:] == ["--write"]:
+        regenerate({"hostile": current_table})
+    else:
+        sys.stdout.write(current_table())

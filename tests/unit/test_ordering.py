@@ -101,3 +101,14 @@ def test_the_held_limit_forces_release_in_order() -> None:
 
     assert released == ["u3", "u2"]
     assert len(subject) == 2
+
+
+def test_a_topic_with_a_backlog_is_never_waited_out_by_the_hold() -> None:
+    subject = sequencer(hold_s=1)
+    subject.add(usage("u", "2025-04-01T10:00:01Z"), Position("usage", 0, 0), 0.0)
+    backlog = {("usage", 0)}  # purchases[0] still has records to read
+
+    assert subject.release(3600.0, read_to_end=backlog) == []
+
+    both = {("usage", 0), ("purchases", 0)}
+    assert [h.event.id for h in subject.release(3600.0, read_to_end=both)] == ["u"]

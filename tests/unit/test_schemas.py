@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from service.docs import GENERATORS
+from service.docs import render as render_docs
 from service.schemas import all_schemas, render
 from service.settings import reference
 
@@ -22,7 +24,13 @@ def test_every_event_schema_fixes_its_type() -> None:
             assert schema["properties"]["type"] == {"const": name.removesuffix(".json")}
 
 
-def test_the_configuration_reference_is_the_settings_model() -> None:
+def test_the_generated_parts_of_the_docs_are_current() -> None:
+    for page in sorted(FOLDER.parent.glob("*.md")):
+        text = page.read_text(encoding="utf-8")
+        assert render_docs(text, GENERATORS) == text, f"{page.name}: run make docs"
+
+
+def test_the_configuration_reference_is_generated() -> None:
     operations = (FOLDER.parent / "operations.md").read_text(encoding="utf-8")
 
-    assert reference() in operations, "run focus-ledger config --markdown"
+    assert reference() in operations

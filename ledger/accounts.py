@@ -34,7 +34,7 @@ draws from the lots that were usable at its time and still hold credits.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any
@@ -56,6 +56,7 @@ from ledger.prices import PriceList, ShortfallPolicy
 
 
 class EntryKind(StrEnum):
+    TAX = "tax"
     PURCHASE = "purchase"
     USAGE = "usage"
     DEFICIT = "deficit"
@@ -138,10 +139,18 @@ class Account:
 
 @dataclass(frozen=True, slots=True)
 class Rules:
-    """Accounting choices that are configuration, not price list."""
+    """Accounting choices that are configuration, not price list.
+
+    A billing period closes (its invoice is issued) `period_close_grace`
+    after its end. An event recorded later than that (by its Kafka record
+    timestamp) is booked into the open period as a correction; one recorded
+    more than `lateness_max` after it happened is refused.
+    """
 
     charge_grain: ChargeGrain = ChargeGrain.HOUR
     overage_invoice_pattern: str | None = None
+    period_close_grace: timedelta = timedelta(days=5)
+    lateness_max: timedelta | None = timedelta(days=90)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,8 +171,11 @@ def apply(account: Account, event: Event, prices: PriceList, rules: Rules) -> Ou
     Every check comes before the first change, so a rejected event never
     half-applies.
     """
-    book = _Book(account, prices, rules)
+    book = _Book(account, prices, rules, clock=event.recorded_at)
     data = event.data
+    late = book.lateness_problem(event)
+    if late:
+        return Outcome([], late)
     if isinstance(data, PurchaseData):
         problem = book.purchase_problem(event, data)
         if problem:
@@ -187,18 +199,60 @@ def apply(account: Account, event: Event, prices: PriceList, rules: Rules) -> Ou
 def expire_due(
     account: Account, moment: datetime, prices: PriceList, rules: Rules
 ) -> list[Entry]:
-    """Expire every open lot whose `expires_at` is at or before `moment`."""
-    return _Book(account, prices, rules).expire_due(moment)
+    """Expire every open lot whose `expires_at` is at or before `moment`.
+
+    A sweep books at `moment`: an expiry whose period closed before it is a
+    correction in the open period.
+    """
+    return _Book(account, prices, rules, clock=moment).expire_due(moment)
 
 
 class _Book:
-    """The accounting of one account against the price list and rules."""
+    """The accounting of one account against the price list and rules.
 
-    def __init__(self, account: Account, prices: PriceList, rules: Rules) -> None:
+    `clock` is when the ledger learned of what it books (the event's record
+    timestamp, or a sweep's cutoff); it decides whether a period is closed.
+    """
+
+    def __init__(
+        self,
+        account: Account,
+        prices: PriceList,
+        rules: Rules,
+        clock: datetime | None = None,
+    ) -> None:
         self.account = account
         self.prices = prices
         self.rules = rules
+        self.clock = clock
         self.terms = prices.terms(account.account_id)
+
+    def lateness_problem(self, event: Event) -> Rejection | None:
+        limit = self.rules.lateness_max
+        if self.clock is None or limit is None or self.clock - event.time <= limit:
+            return None
+        return _reject(
+            event,
+            Reason.TOO_LATE,
+            f"recorded {self.clock.isoformat()}, more than {limit.days} days after "
+            "it happened",
+        )
+
+    def _booking(
+        self, moment: datetime
+    ) -> tuple[tuple[datetime, datetime], str | None]:
+        """The billing period a row for `moment` goes into, and its class.
+
+        Rows of a closed period never change: what arrives after the close
+        is booked into the period open at the clock, as a correction.
+        """
+        period = billing_period(moment, self.terms.timezone)
+        if (
+            self.clock is not None
+            and self.clock >= period[1] + self.rules.period_close_grace
+        ):
+            return billing_period(self.clock, self.terms.timezone), "Correction"
+        return period, None
 
     def expire_due(self, moment: datetime) -> list[Entry]:
         entries: list[Entry] = []
@@ -314,7 +368,82 @@ class _Book:
             event.id,
             event.source,
         )
-        return [purchase, *self._settle_deficits(lot, event)]
+        taxed = self._tax(
+            lot, event, data.tax_amount, lot.invoice_id, data.tax_description
+        )
+        return [purchase, *taxed, *self._settle_deficits(lot, event)]
+
+    def _tax(
+        self,
+        lot: Lot,
+        event: Event,
+        amount: Decimal | None,
+        invoice_id: str,
+        description: str | None,
+    ) -> list[Entry]:
+        """A Tax row for tax billed (or, negative, returned) with a lot."""
+        if not amount:
+            return []
+        currency = self.prices.currencies[lot.currency]
+        booking = self._booking(event.time)
+        charge = Charge(
+            charge_id=charge_id(ChargeKind.TAX, event.source, event.id),
+            kind=ChargeKind.TAX,
+            category="Tax",
+            frequency="One-Time",
+            description=description or f"Tax on {currency.name}",
+            **self._account_columns(),
+            sub_account_id=lot.sub_account_id,
+            sub_account_name=lot.sub_account_name,
+            sub_account_type=lot.sub_account_type,
+            billing_currency=lot.billing_currency,
+            billing_period=booking[0],
+            charge_class=booking[1],
+            charge_period=charge_period(
+                event.time, self.rules.charge_grain, self.terms.timezone
+            ),
+            invoice_id=invoice_id,
+            billed_cost=amount,
+            effective_cost=amount,
+            list_unit_price=None,
+            contracted_unit_price=None,
+            pricing_quantity=None,
+            pricing_unit=None,
+            pricing_currency=lot.billing_currency,
+            pc_list_unit_price=None,
+            pc_contracted_unit_price=None,
+            pc_effective_cost=Decimal(0),
+            pricing_category=None,
+            consumed_quantity=None,
+            consumed_unit=None,
+            service_name=currency.service_name,
+            service_category=currency.service_category,
+            service_subcategory=currency.service_subcategory,
+            sku_id=None,
+            sku_price_id=None,
+            sku_meter=None,
+            sku_price_details=None,
+            resource_id=None,
+            resource_name=None,
+            resource_type=None,
+            region_id=None,
+            region_name=None,
+            source_event_id=event.id,
+            source_event_source=event.source,
+            lot_id=lot.lot_id,
+        )
+        return [
+            self._entry(
+                EntryKind.TAX,
+                charge,
+                lot,
+                event.time,
+                Decimal(0),
+                Decimal(0),
+                event.id,
+                event.source,
+            )
+        ]
 
     def _settle_deficits(self, lot: Lot, event: Event) -> list[Entry]:
         """Pay owed credits of the lot's currency from the new lot, oldest first."""
@@ -406,18 +535,18 @@ class _Book:
             invoice_id=data.invoice_id,
             event=event,
         )
-        return [
-            self._entry(
-                EntryKind.REFUND,
-                charge,
-                lot,
-                event.time,
-                -revoked,
-                -basis,
-                event.id,
-                event.source,
-            )
-        ]
+        refund = self._entry(
+            EntryKind.REFUND,
+            charge,
+            lot,
+            event.time,
+            -revoked,
+            -basis,
+            event.id,
+            event.source,
+        )
+        tax = -data.tax_amount if data.tax_amount else None
+        return [refund, *self._tax(lot, event, tax, data.invoice_id, None)]
 
     def usage(self, event: Event, data: UsageData) -> list[Entry]:
         usage = meter(event, data, self.prices)
@@ -578,6 +707,7 @@ class _Book:
         or `paid_per_credit` (the overage price) when no lot pays.
         """
         sku = self.prices.skus[piece.sku_id]
+        booking = self._booking(booked_at)
         billing_currency = (
             lot.billing_currency if lot else self._billing_currency(piece.currency)
         )
@@ -608,7 +738,8 @@ class _Book:
             sub_account_name=piece.sub_account_name,
             sub_account_type=piece.sub_account_type,
             billing_currency=billing_currency,
-            billing_period=billing_period(booked_at, self.terms.timezone),
+            billing_period=booking[0],
+            charge_class=booking[1],
             charge_period=charge_period(
                 piece.occurred_at, self.rules.charge_grain, self.terms.timezone
             ),
@@ -669,6 +800,7 @@ class _Book:
         list_credit = currency.list_prices[lot.billing_currency]
         paid_credit = money.price(money.div(lot.amount, lot.quantity))
         grain, zone = self.rules.charge_grain, self.terms.timezone
+        booking = self._booking(moment)
         if kind is ChargeKind.PURCHASE and lot.expires_at is not None:
             period = (floor_second(lot.purchased_at), floor_second(lot.expires_at))
         else:
@@ -694,7 +826,8 @@ class _Book:
             sub_account_name=lot.sub_account_name,
             sub_account_type=lot.sub_account_type,
             billing_currency=lot.billing_currency,
-            billing_period=billing_period(moment, zone),
+            billing_period=booking[0],
+            charge_class=booking[1],
             charge_period=period,
             invoice_id=invoice_id,
             billed_cost=billed,

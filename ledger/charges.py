@@ -29,11 +29,16 @@ Row kinds (`x_ChargeKind`), their category and what makes them:
 | overage    | Usage          | uncovered usage billed in arrears              |
 | expiry     | Usage          | credits left in a lot when it expired          |
 | refund     | Purchase       | money returned, credits revoked (negative)     |
+| tax        | Tax            | tax billed with a purchase (or returned)       |
 
 The refund row's EffectiveCost is the basis revoked minus the amount
 returned: zero when money comes back at cost, the forfeited value otherwise.
 So for every lot, the EffectiveCost of its usage, settlement, expiry and
 refund rows adds up to the BilledCost of its purchase and refund rows.
+
+A row booked into a later billing period than its ChargePeriod because that
+period was already closed (its invoice issued) when the event was recorded
+has ChargeClass `Correction`; every other row has a null ChargeClass.
 """
 
 from __future__ import annotations
@@ -145,6 +150,7 @@ class ChargeKind(StrEnum):
     OVERAGE = "overage"
     EXPIRY = "expiry"
     REFUND = "refund"
+    TAX = "tax"
 
 
 def charge_id(kind: ChargeKind, *parts: str) -> str:
@@ -183,22 +189,22 @@ class Charge:
     invoice_id: str | None
     billed_cost: Decimal
     effective_cost: Decimal
-    list_unit_price: Decimal
-    contracted_unit_price: Decimal
-    pricing_quantity: Decimal
-    pricing_unit: str
+    list_unit_price: Decimal | None
+    contracted_unit_price: Decimal | None
+    pricing_quantity: Decimal | None
+    pricing_unit: str | None
     pricing_currency: str
-    pc_list_unit_price: Decimal
-    pc_contracted_unit_price: Decimal
+    pc_list_unit_price: Decimal | None
+    pc_contracted_unit_price: Decimal | None
     pc_effective_cost: Decimal
-    pricing_category: str
+    pricing_category: str | None
     consumed_quantity: Decimal | None
     consumed_unit: str | None
     service_name: str
     service_category: str
     service_subcategory: str
-    sku_id: str
-    sku_price_id: str
+    sku_id: str | None
+    sku_price_id: str | None
     sku_meter: str | None
     sku_price_details: dict[str, str] | None
     resource_id: str | None
@@ -212,12 +218,19 @@ class Charge:
     settlement_event_id: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
 
+    charge_class: str | None = None
+
     @property
     def list_cost(self) -> Decimal:
+        """ListUnitPrice x PricingQuantity; a Tax row, unpriced, lists at cost."""
+        if self.list_unit_price is None or self.pricing_quantity is None:
+            return self.billed_cost
         return money.cost(money.mul(self.list_unit_price, self.pricing_quantity))
 
     @property
     def contracted_cost(self) -> Decimal:
+        if self.contracted_unit_price is None or self.pricing_quantity is None:
+            return self.billed_cost
         return money.cost(money.mul(self.contracted_unit_price, self.pricing_quantity))
 
 
@@ -239,7 +252,7 @@ def focus_row(charge: Charge) -> dict[str, Any]:
         "CapacityReservationId": None,
         "CapacityReservationStatus": None,
         "ChargeCategory": charge.category,
-        "ChargeClass": None,
+        "ChargeClass": charge.charge_class,
         "ChargeDescription": charge.description,
         "ChargeFrequency": charge.frequency,
         "ChargePeriodEnd": charge.charge_period[1],

@@ -102,6 +102,7 @@ class Reason(StrEnum):
     UNKNOWN_PURCHASE = "unknown_purchase"
     REFUND_EXCEEDS = "refund_exceeds_lot"
     CONFLICT = "id_conflict"
+    TOO_LATE = "later_than_lateness_max"
     PARTITION_MISMATCH = "partition_mismatch"
 
 
@@ -196,7 +197,11 @@ class _Data(BaseModel):
 
 
 class PurchaseData(_Data):
-    """`data` of `credits.purchased`: a lot of credits bought for money."""
+    """`data` of `credits.purchased`: a lot of credits bought for money.
+
+    `amount` is the price of the credits; `tax_amount`, when the invoice
+    carries tax, is billed on the same invoice as a Tax row.
+    """
 
     currency: VirtualCode
     quantity: Quantity
@@ -209,12 +214,15 @@ class PurchaseData(_Data):
     sub_account_id: Identifier | None = None
     sub_account_name: Text | None = None
     sub_account_type: Text | None = None
+    tax_amount: Amount | None = None
+    tax_description: Text | None = None
 
 
 class RefundData(_Data):
     """`data` of `credits.refunded`: money returned against one purchase.
 
     `quantity` is the credits revoked; when absent, all that remains of the lot.
+    `tax_amount` is the tax returned with it, if any.
     """
 
     purchase_id: Identifier
@@ -224,6 +232,7 @@ class RefundData(_Data):
         | None
     ) = None
     invoice_id: Identifier
+    tax_amount: Amount | None = None
 
 
 class UsageData(_Data):
@@ -283,6 +292,7 @@ class Event:
     account_id: str
     data: EventData
     digest: str
+    recorded_at: datetime | None = None
 
     @property
     def order_key(self) -> tuple[datetime, int, str, str]:
@@ -448,6 +458,11 @@ def _check(
         account_id=envelope.subject,
         data=data,  # type: ignore[arg-type]
         digest=content_digest(envelope.type, envelope.time, envelope.subject, data),
+        recorded_at=(
+            datetime.fromtimestamp(record.timestamp_ms / 1000, UTC)
+            if record.timestamp_ms
+            else None
+        ),
     )
 
 

@@ -91,7 +91,8 @@ class Sequencer:
         self.held_max = held_max
         self._streams: dict[int, _Stream] = {}
         self._held_offsets: dict[tuple[str, int], list[int]] = {}
-        self._released_offsets: dict[tuple[str, int], set[int]] = {}
+        self._released_offsets: dict[tuple[str, int], dict[int, datetime]] = {}
+        self._prefix_time: dict[tuple[str, int], datetime] = {}
         self._next_offsets: dict[tuple[str, int], int] = {}
         self._held_count = 0
 
@@ -145,7 +146,7 @@ class Sequencer:
                 held.released = True
                 stream.last_released = held.event.order_key
                 released.append(held)
-                self._forget_offset(held.position)
+                self._forget_offset(held.position, held.event.time)
         return released
 
     def _due(
@@ -181,14 +182,22 @@ class Sequencer:
         oldest = stream.arrivals[0]
         return now_s - oldest.arrived_s >= self.hold_max_s and not oldest < top
 
-    def _forget_offset(self, position: Position) -> None:
-        """Offsets leave in event order, not offset order: pop them lazily."""
+    def _forget_offset(self, position: Position, time: datetime) -> None:
+        """Offsets leave in event order, not offset order: pop them lazily.
+
+        An offset popped here is below every offset still held, so the
+        latest event time among popped offsets is the partition's progress
+        that survives a restart (see `prefix_time_max`).
+        """
         tp = (position.topic, position.partition)
         offsets = self._held_offsets[tp]
-        released = self._released_offsets.setdefault(tp, set())
-        released.add(position.offset)
+        released = self._released_offsets.setdefault(tp, {})
+        released[position.offset] = time
         while offsets and offsets[0] in released:
-            released.discard(heapq.heappop(offsets))
+            popped = released.pop(heapq.heappop(offsets))
+            known = self._prefix_time.get(tp)
+            if known is None or popped > known:
+                self._prefix_time[tp] = popped
 
     def seed(self, topic: str, partition: int, time_max: datetime) -> None:
         """Resume a partition's event-time progress as it was before a restart."""
@@ -201,6 +210,16 @@ class Sequencer:
         """The latest event time seen on one input partition."""
         stream = self._streams.get(partition)
         return stream.time_max.get(topic) if stream else None
+
+    def prefix_time_max(self, topic: str, partition: int) -> datetime | None:
+        """The latest event time below the partition's resume offset.
+
+        This, not `time_max`, is what may be stored and `seed`ed after a
+        restart: events above the resume offset are read again, and a
+        watermark that already counted them would let other events pass
+        them before they are re-read.
+        """
+        return self._prefix_time.get((topic, partition))
 
     def progress(self, partition: int) -> datetime | None:
         """How far the partition's data has come: its latest event time on any
@@ -240,3 +259,4 @@ class Sequencer:
             self._next_offsets.pop(tp, None)
             self._held_offsets.pop(tp, None)
             self._released_offsets.pop(tp, None)
+            self._prefix_time.pop(tp, None)

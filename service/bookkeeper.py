@@ -286,7 +286,7 @@ class Bookkeeper:
         for tp, committed in self.committed.items():
             if tp not in self.epochs:
                 continue
-            seen = self.sequencer.time_max(*tp)
+            seen = self.sequencer.prefix_time_max(*tp)
             latest = committed.time_max
             if seen is not None and (latest is None or seen > latest):
                 latest = seen

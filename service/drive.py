@@ -8,12 +8,14 @@ topics, and read what it publishes, through these helpers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +108,12 @@ async def wait_claimed(
 
 
 async def produce_lines(settings: Settings, events: Path) -> dict[str, int]:
+    """Produce a JSON Lines file of events to the input topics, as recorded.
+
+    Each record's timestamp is its event's own time, as a meter that reports
+    promptly would write it; so history produced today is not mistaken for
+    events recorded late (see `period_close_grace_days`).
+    """
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap_servers,
         enable_idempotence=True,
@@ -118,8 +126,8 @@ async def produce_lines(settings: Settings, events: Path) -> dict[str, int]:
         for line in (await asyncio.to_thread(events.read_bytes)).splitlines():
             if not line.strip():
                 continue
-            topic, key = route(settings, line)
-            await producer.send(topic, value=line, key=key)
+            topic, key, written_ms = route(settings, line)
+            await producer.send(topic, value=line, key=key, timestamp_ms=written_ms)
             counts["purchases" if topic == settings.topic_purchases else "usage"] += 1
         await producer.flush()
     finally:
@@ -127,19 +135,26 @@ async def produce_lines(settings: Settings, events: Path) -> dict[str, int]:
     return counts
 
 
-def route(settings: Settings, line: bytes) -> tuple[str, bytes | None]:
-    """Purchases and refunds to the purchases topic, the rest to usage."""
+def route(settings: Settings, line: bytes) -> tuple[str, bytes | None, int | None]:
+    """Topic, key and record timestamp of one line of a JSON Lines file.
+
+    Purchases and refunds go to the purchases topic, the rest to usage; a
+    line that is not JSON goes to usage with no key, as poison would.
+    """
     try:
         event = json.loads(line)
     except ValueError:
-        return settings.topic_usage, None
+        return settings.topic_usage, None, None
     topic = (
         settings.topic_purchases
         if str(event.get("type", "")).startswith("credits.")
         else settings.topic_usage
     )
     subject = event.get("subject")
-    return topic, subject.encode() if isinstance(subject, str) else None
+    written_ms = None
+    with contextlib.suppress(TypeError, ValueError):
+        written_ms = int(datetime.fromisoformat(event["time"]).timestamp() * 1000)
+    return topic, subject.encode() if isinstance(subject, str) else None, written_ms
 
 
 async def read_topic(

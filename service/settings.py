@@ -135,6 +135,19 @@ class Settings(BaseSettings):
         "2025-04); empty: null until an invoice exists.",
     )
 
+    period_close_grace_days: float = _f(
+        5.0,
+        "A billing period closes (its invoice is issued) this many days after "
+        "its end; what is recorded later is a correction in the open period.",
+        ge=0,
+    )
+    lateness_max_days: float = _f(
+        90.0,
+        "An event recorded more than this many days after it happened is "
+        "refused (dead letter later_than_lateness_max); 0 disables the limit.",
+        ge=0,
+    )
+
     consumer_session_timeout_ms: int = _f(
         10_000, "Kafka group session timeout (ms).", ge=1000
     )
@@ -212,6 +225,12 @@ class Settings(BaseSettings):
         return Rules(
             charge_grain=self.charge_grain,
             overage_invoice_pattern=self.overage_invoice_pattern or None,
+            period_close_grace=timedelta(days=self.period_close_grace_days),
+            lateness_max=(
+                timedelta(days=self.lateness_max_days)
+                if self.lateness_max_days
+                else None
+            ),
         )
 
     @property

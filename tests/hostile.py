@@ -30,7 +30,8 @@ from tests.factories import purchase_doc, refund_doc, spec_prices, usage_doc
 
 ACCOUNT = "acct-hostile"
 SQL = "x'; DROP TABLE lots; --"
-NOW = datetime.now(UTC).replace(microsecond=0)
+# Records are written when their events happen, as a prompt meter writes them.
+WRITTEN = datetime(2025, 4, 2, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class Case:
     reason: str
     key: bytes | None = ACCOUNT.encode()
     headers: tuple[tuple[str, bytes], ...] = ()
+    written: datetime = WRITTEN
 
 
 def _json(document: dict[str, Any]) -> bytes:
@@ -211,8 +213,15 @@ CASES = [
     Case(
         "a time ten years ahead",
         "usage",
-        _json(_usage(time=(NOW + timedelta(days=3650)).isoformat())),
+        _json(_usage(time=(WRITTEN + timedelta(days=3650)).isoformat())),
         "time_out_of_range",
+    ),
+    Case(
+        "an event recorded five months after it happened",
+        "usage",
+        _json(_usage(id="h-late")),
+        "later_than_lateness_max",
+        written=datetime(2025, 9, 2, tzinfo=UTC),
     ),
     Case(
         "a time without a zone",
@@ -337,17 +346,18 @@ def records(settings: Settings) -> list[InputRecord]:
         value: bytes | None,
         key: bytes | None,
         headers: tuple[tuple[str, bytes], ...] = (),
+        written: datetime = WRITTEN,
     ) -> None:
         position = Position(names[kind], 0, offsets[kind])
         offsets[kind] += 1
         # Like Kafka, every record carries the time it was written.
-        written_ms = int(NOW.timestamp() * 1000)
+        written_ms = int(written.timestamp() * 1000)
         out.append(InputRecord(position, RawRecord(value, key, headers, written_ms)))
 
     for kind, document in SETUP:
         add(kind, _json(document), ACCOUNT.encode())
     for case in CASES:
-        add(case.topic, case.value, case.key, case.headers)
+        add(case.topic, case.value, case.key, case.headers, case.written)
     add(FOLLOWER[0], _json(FOLLOWER[1]), ACCOUNT.encode())
     return out
 

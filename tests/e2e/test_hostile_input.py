@@ -43,6 +43,7 @@ async def test_hostile_records_are_dead_lettered_and_the_partition_moves_on(
                     value=record.raw.value,
                     key=record.raw.key,
                     headers=list(record.raw.headers),
+                    timestamp_ms=record.raw.timestamp_ms,
                 )
                 if case is not None:
                     placed[(sent.topic, sent.partition, sent.offset)] = case

@@ -9,6 +9,7 @@ has.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -332,3 +333,99 @@ async def test_a_balance_as_of_an_instant_equals_a_replay_up_to_it(
 
     assert as_of == expected
     assert as_of, "the account has a balance line from its first purchase on"
+
+
+async def test_a_new_owner_does_not_let_usage_pass_purchases_it_must_reread(
+    engine: AsyncEngine,
+) -> None:
+    first = keeper(engine, Settings(ordering_hold_max_ms=60_000))
+    await claim_all(first)
+    top_up = record(
+        PURCHASES, 0, purchase_doc("t1", "2025-04-01T10:00:00Z", "a", "10", "10.00")
+    )
+    later = record(
+        PURCHASES, 1, purchase_doc("t2", "2025-04-01T10:30:00Z", "a", "10", "10.00")
+    )
+    await first.book([top_up, later])  # both held: usage has not been read
+
+    successor = keeper(engine, Settings(ordering_hold_max_ms=0))
+    await claim_all(successor)
+    spend = record(USAGE, 0, usage_doc("spend", "2025-04-01T10:20:00Z", "a", Q, "5"))
+    # The successor reads usage first; the purchases still have a backlog.
+    waiting = await successor.book(
+        [spend], highwaters={(PURCHASES, 0): 2, (USAGE, 0): 1}
+    )
+    done = await successor.book(
+        [top_up, later], highwaters={(PURCHASES, 0): 2, (USAGE, 0): 1}, flush=True
+    )
+
+    assert (waiting.applied, done.applied) == (0, 3)
+    query = sa.select(ENTRIES.c.kind).where(ENTRIES.c.event_id == "spend")
+    assert await scalar(engine, query) == "usage"  # drawn from t1, not owed
+
+
+def _recorded(
+    topic: str, offset: int, document: dict[str, Any], written: str
+) -> InputRecord:
+    """A record whose Kafka timestamp says when the ledger learned of it."""
+    base = record(topic, offset, document)
+    moment = int(at(written).timestamp() * 1000)
+    return InputRecord(base.position, replace(base.raw, timestamp_ms=moment))
+
+
+async def test_usage_recorded_after_its_period_closed_is_a_correction(
+    engine: AsyncEngine,
+) -> None:
+    bookkeeper = keeper(engine)
+    await claim_all(bookkeeper)
+    lot = purchase_doc("cp", "2025-04-01T00:00:00Z", "a", "100", "100.00")
+    late = usage_doc("cu", "2025-04-29T10:00:00Z", "a", Q, "3")
+    on_time = usage_doc("cv", "2025-04-30T10:00:00Z", "a", Q, "1")
+    stream = [
+        _recorded(PURCHASES, 0, lot, "2025-04-01T00:00:01Z"),
+        _recorded(USAGE, 0, on_time, "2025-05-02T00:00:00Z"),  # April still open
+        _recorded(USAGE, 1, late, "2025-05-07T00:00:00Z"),  # April closed on 6 May
+    ]
+
+    await bookkeeper.book(stream, flush=True)
+
+    async with engine.connect() as conn:
+        rows = {
+            r.event_id: r.charge
+            for r in await conn.execute(sa.select(ENTRIES.c.event_id, ENTRIES.c.charge))
+        }
+    assert rows["cv"]["BillingPeriodStart"] == "2025-04-01T00:00:00Z"
+    assert rows["cv"]["ChargeClass"] is None
+    assert rows["cu"]["BillingPeriodStart"] == "2025-05-01T00:00:00Z"
+    assert rows["cu"]["ChargePeriodStart"] == "2025-04-29T10:00:00Z"
+    assert rows["cu"]["ChargeClass"] == "Correction"
+
+
+async def test_tax_is_its_own_row_on_the_purchase_invoice(engine: AsyncEngine) -> None:
+    bookkeeper = keeper(engine)
+    await claim_all(bookkeeper)
+    taxed = purchase_doc(
+        "tp",
+        "2025-04-01T00:00:00Z",
+        "a",
+        "100",
+        "100.00",
+        tax_amount="19.00",
+        tax_description="VAT 19 %",
+    )
+
+    report = await bookkeeper.book([record(PURCHASES, 0, taxed)], flush=True)
+
+    async with engine.connect() as conn:
+        rows = [
+            r.charge
+            for r in await conn.execute(
+                sa.select(ENTRIES.c.charge).order_by(ENTRIES.c.seq)
+            )
+        ]
+    tax = next(row for row in rows if row["ChargeCategory"] == "Tax")
+    assert report.charges == 2
+    assert (tax["BilledCost"], tax["EffectiveCost"]) == ("19.00", "19.00")
+    assert tax["InvoiceId"] == "INV-tp" and tax["ChargeDescription"] == "VAT 19 %"
+    assert tax["SkuId"] is None and tax["PricingQuantity"] is None
+    assert tax["ListUnitPrice"] is None and tax["ContractedUnitPrice"] is None

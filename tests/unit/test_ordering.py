@@ -6,7 +6,7 @@ from datetime import timedelta
 
 from ledger.events import Event
 from ledger.ordering import Position, Sequencer
-from tests.factories import event, purchase_doc, usage_doc
+from tests.factories import at, event, purchase_doc, usage_doc
 
 TOPICS = ("purchases", "usage")
 
@@ -112,3 +112,24 @@ def test_a_topic_with_a_backlog_is_never_waited_out_by_the_hold() -> None:
 
     both = {("usage", 0), ("purchases", 0)}
     assert [h.event.id for h in subject.release(3600.0, read_to_end=both)] == ["u"]
+
+
+def test_only_the_handled_prefix_of_a_partition_counts_as_its_progress() -> None:
+    subject = sequencer(hold_s=60)
+    subject.add(
+        top_up("p-late", "2025-04-01T10:05:00Z"), Position("purchases", 0, 0), 0.0
+    )
+    subject.add(
+        top_up("p-early", "2025-04-01T10:00:00Z"), Position("purchases", 0, 1), 0.0
+    )
+    subject.add(usage("u", "2025-04-01T10:10:00Z"), Position("usage", 0, 0), 0.0)
+
+    released = [held.event.id for held in subject.release(0.0)]
+
+    # p-early (offset 1) went, p-late (offset 0) still waits: nothing below
+    # the resume offset 0 is handled, so no progress may be stored yet.
+    assert released == ["p-early"]
+    assert subject.time_max("purchases", 0) is not None
+    assert subject.prefix_time_max("purchases", 0) is None
+    subject.release(0.0, flush=True)
+    assert subject.prefix_time_max("purchases", 0) == at("2025-04-01T10:05:00Z")

@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: venv demo test lint docs stack-start stack-stop clean
+.PHONY: venv demo test lint docs validate stack-start stack-stop clean
 
 venv: $(VENV)/.installed
 
@@ -24,13 +24,16 @@ test: venv
 	deploy/test.sh
 
 lint: venv
-	$(BIN)/ruff check ledger service tests bench
-	$(BIN)/ruff format --check ledger service tests bench
+	$(BIN)/ruff check ledger service tests bench .ci
+	$(BIN)/ruff format --check ledger service tests bench .ci
 	$(BIN)/mypy ledger service tests bench
 
 docs: venv
 	$(BIN)/focus-ledger docs
 	$(BIN)/python -m tests.hostile --write
+
+validate: venv
+	$(BIN)/python .ci/focus_validator.py build/demo/focus.parquet
 
 stack-start:
 	deploy/stack.sh start
@@ -39,4 +42,4 @@ stack-stop:
 	deploy/stack.sh stop
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-validator build .pytest_cache .mypy_cache .ruff_cache

@@ -63,10 +63,16 @@ SKUS = (
     ("image-1024", 1, 4),
     ("image-1024-hd", 1, 2),
 )
-FAULTS = (
-    "batch_after_fence:0.01,batch_after_commit:0.01,"
-    "relay_before_commit:0.01,relay_after_commit:0.01"
+# Each start of a process arms one fault point, in turn, so every point is
+# struck: inside a batch, after its commit, and on both sides of the relay's
+# Kafka commit.
+FAULT_POINTS = (
+    "batch_after_fence",
+    "batch_after_commit",
+    "relay_before_commit",
+    "relay_after_commit",
 )
+FAULT_CHANCE = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +83,7 @@ class Form:
     rate_per_s: int
     restarts: bool
     takeover: bool
+    every_point: bool = True
 
 
 FULL = Form(
@@ -88,7 +95,13 @@ FULL = Form(
     takeover=True,
 )
 SHORT = Form(
-    accounts=60, events=3_000, kills_min=4, rate_per_s=50, restarts=True, takeover=True
+    accounts=60,
+    events=3_000,
+    kills_min=4,
+    rate_per_s=50,
+    restarts=True,
+    takeover=True,
+    every_point=False,
 )
 
 
@@ -208,6 +221,8 @@ class Instance:
     process: subprocess.Popen[bytes] | None = None
     starts: int = 0
     killed_by_us: bool = False
+    armed: bool = False
+    offset: int = 0
 
     def start(self) -> None:
         self.starts += 1
@@ -215,9 +230,11 @@ class Instance:
         # Each start draws its own fault sequence, so a restart does not die
         # at the very same strike as the process before it.
         seed = (self.settings.fault_seed or 0) * 1000 + self.starts
-        self.process = start_service(
-            self.settings.model_copy(update={"fault_seed": seed}), log
-        )
+        update: dict[str, Any] = {"fault_seed": seed}
+        if self.armed:
+            point = FAULT_POINTS[(self.starts + self.offset) % len(FAULT_POINTS)]
+            update["fault_points"] = f"{point}:{FAULT_CHANCE}"
+        self.process = start_service(self.settings.model_copy(update=update), log)
         self.killed_by_us = False
 
     def alive(self) -> bool:
@@ -281,9 +298,7 @@ class Supervisor:
                 if instance.process is not None:
                     self._classify(instance)
                 if self.disarmed:
-                    instance.settings = instance.settings.model_copy(
-                        update={"fault_points": ""}
-                    )
+                    instance.armed = False
                 await asyncio.sleep(0.3)
                 instance.start()
             await asyncio.sleep(0.2)
@@ -518,7 +533,7 @@ async def run(form: Form, seed: int, debug: bool = False) -> int:
         "topic_purchases": f"chaos-{run_id}.credits.purchases",
         "topic_usage": f"chaos-{run_id}.usage.events",
     }
-    faulty = _settings_for(base, run_id, "faulty", topics, fault_points=FAULTS)
+    faulty = _settings_for(base, run_id, "faulty", topics)
     clean = _settings_for(base, run_id, "clean", topics)
     logs = REPO_ROOT / ".stack" / f"chaos-{run_id}"
     logs.mkdir(parents=True, exist_ok=True)
@@ -536,7 +551,13 @@ async def run(form: Form, seed: int, debug: bool = False) -> int:
 
     tally = Tally()
     instances = [
-        Instance(f"a{i}", faulty.model_copy(update={"fault_seed": seed + i}), logs)
+        Instance(
+            f"a{i}",
+            faulty.model_copy(update={"fault_seed": seed + i}),
+            logs,
+            armed=True,
+            offset=2 * i,
+        )
         for i in range(2)
     ]
     supervisor = Supervisor(instances, tally)
@@ -664,7 +685,14 @@ async def compare(
     if tally.other_exits:
         print(f"  exits                   {tally.other_exits}")
     print(f"  wall time               {wall:.0f} s")
-    failed = any(checks.values()) or tally.kills < form.kills_min
+    missed = [p for p in FAULT_POINTS if not tally.fault_kills.get(p)]
+    if missed:
+        print(f"  fault points never struck {missed}")
+    failed = (
+        any(checks.values())
+        or tally.kills < form.kills_min
+        or (form.every_point and bool(missed))
+    )
     print("RESULT: " + ("FAIL" if failed else "PASS"))
     return 1 if failed else 0
 

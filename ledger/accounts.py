@@ -238,21 +238,25 @@ class _Book:
             "it happened",
         )
 
-    def _booking(
-        self, moment: datetime
-    ) -> tuple[tuple[datetime, datetime], str | None]:
+    def _booking(self, moment: datetime) -> dict[str, Any]:
         """The billing period a row for `moment` goes into, and its class.
 
         Rows of a closed period never change: what arrives after the close
         is booked into the period open at the clock, as a correction.
         """
-        period = billing_period(moment, self.terms.timezone)
+        zone = self.terms.timezone
+        booked, charge_class = moment, None
+        period = billing_period(moment, zone)
         if (
             self.clock is not None
             and self.clock >= period[1] + self.rules.period_close_grace
         ):
-            return billing_period(self.clock, self.terms.timezone), "Correction"
-        return period, None
+            booked, charge_class = self.clock, "Correction"
+        return {
+            "billing_period": billing_period(booked, zone),
+            "billing_period_label": period_label(booked, zone),
+            "charge_class": charge_class,
+        }
 
     def expire_due(self, moment: datetime) -> list[Entry]:
         entries: list[Entry] = []
@@ -397,8 +401,7 @@ class _Book:
             sub_account_name=lot.sub_account_name,
             sub_account_type=lot.sub_account_type,
             billing_currency=lot.billing_currency,
-            billing_period=booking[0],
-            charge_class=booking[1],
+            **booking,
             charge_period=charge_period(
                 event.time, self.rules.charge_grain, self.terms.timezone
             ),
@@ -738,8 +741,7 @@ class _Book:
             sub_account_name=piece.sub_account_name,
             sub_account_type=piece.sub_account_type,
             billing_currency=billing_currency,
-            billing_period=booking[0],
-            charge_class=booking[1],
+            **booking,
             charge_period=charge_period(
                 piece.occurred_at, self.rules.charge_grain, self.terms.timezone
             ),
@@ -826,8 +828,7 @@ class _Book:
             sub_account_name=lot.sub_account_name,
             sub_account_type=lot.sub_account_type,
             billing_currency=lot.billing_currency,
-            billing_period=booking[0],
-            charge_class=booking[1],
+            **booking,
             charge_period=period,
             invoice_id=invoice_id,
             billed_cost=billed,

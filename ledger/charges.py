@@ -219,6 +219,7 @@ class Charge:
     tags: dict[str, str] = field(default_factory=dict)
 
     charge_class: str | None = None
+    billing_period_label: str = ""
 
     @property
     def list_cost(self) -> Decimal:

@@ -10,29 +10,46 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import json
 import logging
+import re
 import sys
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from aiokafka.errors import KafkaError
 from sqlalchemy.exc import ProgrammingError, SQLAlchemyError
 
+from ledger.conformance import Finding, check_output
 from ledger.errors import LedgerError
 from ledger.prices import PriceList
 from service import database, logs
 from service.database import create_engine
 from service.demo import run_demo
 from service.docs import regenerate
+from service.exports import ExportResult, export, read_rows
 from service.ingest import EXIT_FATAL, Ingest
 from service.queries import Balance, balances
 from service.replay import replay as replay_file
+from service.reports import (
+    NoSuchInvoiceError,
+    basis_left,
+    invoice_totals,
+    month_end,
+    reconcile_invoice,
+)
 from service.samples import write_demo_events
 from service.settings import Settings, reference
 from service.topics import ensure_topics
-from service.views import balance_lines
+from service.views import (
+    as_data,
+    balance_lines,
+    period_lines,
+    reconciliation_lines,
+)
 
 app = typer.Typer(
     add_completion=False,
@@ -43,6 +60,7 @@ app = typer.Typer(
 log = logging.getLogger("service.cli")
 
 EXIT_FAILURE = 1
+PERIOD = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 
 
 def _settings() -> Settings:
@@ -172,6 +190,111 @@ def balance(
     asyncio.run(run())
 
 
+@app.command("export")
+def export_rows(
+    out: Annotated[Path, typer.Option(help="file to write (.csv or .parquet)")],
+    period: Annotated[
+        str | None, typer.Option(help="billing period, e.g. 2025-04")
+    ] = None,
+    billing_account: Annotated[str | None, typer.Option(help="one account")] = None,
+    aggregate: Annotated[bool, typer.Option(help="fold usage rows")] = False,
+) -> None:
+    """Export FOCUS rows from the ledger, with metadata, and check them."""
+    if out.suffix not in (".csv", ".parquet"):
+        raise typer.BadParameter("--out must end in .csv or .parquet")
+    if period is not None and not PERIOD.match(period):
+        raise typer.BadParameter("--period is YYYY-MM")
+
+    async def run() -> ExportResult:
+        engine = create_engine(_settings())
+        try:
+            async with engine.connect() as conn:
+                return await export(
+                    conn,
+                    out,
+                    period=period,
+                    account_id=billing_account,
+                    aggregate=aggregate,
+                )
+        finally:
+            await engine.dispose()
+
+    result = asyncio.run(run())
+    typer.echo(f"{result.rows} rows written to {out}, metadata in {result.metadata}")
+    _report_findings(result.findings)
+
+
+@app.command()
+def check(
+    path: Annotated[Path, typer.Argument(help="an exported .csv or .parquet file")],
+    ledger: Annotated[
+        bool, typer.Option(help="also check lots and invoices against the database")
+    ] = True,
+) -> None:
+    """Check a FOCUS file with the rules the official validator does not check."""
+    columns, rows = read_rows(path)
+
+    async def totals() -> tuple[dict[str, Decimal], dict[str, Decimal]]:
+        engine = create_engine(_settings())
+        try:
+            async with engine.connect() as conn:
+                return await basis_left(conn), await invoice_totals(conn)
+        finally:
+            await engine.dispose()
+
+    lots, invoices = asyncio.run(totals()) if ledger else (None, None)
+    typer.echo(f"{len(rows)} rows, {len(columns)} columns")
+    _report_findings(check_output(columns, rows, lots, invoices))
+
+
+def _report_findings(findings: list[Finding]) -> None:
+    if not findings:
+        typer.echo("own checks: all passed")
+        return
+    for finding in findings[:50]:
+        typer.echo(f"  {finding.check}: {finding.subject}: {finding.detail}")
+    typer.echo(f"own checks: {len(findings)} finding(s)")
+    raise typer.Exit(EXIT_FAILURE)
+
+
+@app.command()
+def reconcile(
+    invoice: Annotated[str | None, typer.Option(help="an invoice id")] = None,
+    period: Annotated[
+        str | None, typer.Option(help="month-end report, YYYY-MM")
+    ] = None,
+    billing_account: Annotated[str | None, typer.Option(help="one account")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON for scripts")] = False,
+) -> None:
+    """Reconcile an invoice, or report a billing period per account."""
+    if (invoice is None) == (period is None):
+        raise typer.BadParameter("give --invoice ID or --period YYYY-MM")
+
+    async def run() -> Any:
+        engine = create_engine(_settings())
+        try:
+            async with engine.connect() as conn:
+                if invoice is not None:
+                    return await reconcile_invoice(conn, invoice)
+                return await month_end(conn, period or "", billing_account)
+        finally:
+            await engine.dispose()
+
+    try:
+        result = asyncio.run(run())
+    except NoSuchInvoiceError:
+        typer.echo(f"no rows carry invoice {invoice}", err=True)
+        raise typer.Exit(EXIT_FAILURE) from None
+    if as_json:
+        typer.echo(json.dumps(as_data(result), indent=2, default=str))
+        return
+    lines = (
+        reconciliation_lines(result) if invoice is not None else period_lines(result)
+    )
+    for line in lines:
+        typer.echo(line)
+
+
 @app.command()
 def config(
     markdown: Annotated[
@@ -208,12 +331,14 @@ def sample_events(
 def demo(
     events: Annotated[Path | None, typer.Option(help="JSON Lines events")] = None,
     timeout_s: Annotated[float, typer.Option(help="wait at most this long")] = 120.0,
+    out: Annotated[
+        Path | None, typer.Option(help="where to write the published rows")
+    ] = None,
 ) -> None:
     """Run the main job end to end on the running Kafka and PostgreSQL."""
-
     settings = _settings()
     logs.configure("ERROR", "text")
-    code = asyncio.run(run_demo(settings, events, timeout_s))
+    code = asyncio.run(run_demo(settings, events, timeout_s, out))
     raise typer.Exit(code)
 
 

@@ -30,6 +30,7 @@ import orjson
 from sqlalchemy.engine import make_url
 
 from ledger.charges import COLUMNS
+from ledger.conformance import Finding, check_output
 from ledger.prices import PriceList
 from service import logs
 from service.database import create_engine, migrate
@@ -41,14 +42,16 @@ from service.drive import (
     stop_service,
     wait_claimed,
 )
-from service.exports import csv_cell
+from service.exports import csv_cell, metadata_path, write_rows
 from service.queries import balances
 from service.replay import replay
+from service.reports import basis_left, invoice_totals
 from service.settings import REPO_ROOT, Settings
 from service.topics import ensure_topics
 from service.views import balance_lines, dead_letter_lines, row_lines
 
 DEMO_DATABASE = "focus_ledger_demo"
+DEMO_OUT = REPO_ROOT / "build" / "demo" / "focus.parquet"
 
 
 def _say(text: str = "") -> None:
@@ -70,7 +73,9 @@ def _demo_settings(settings: Settings, run: str) -> Settings:
     return settings.model_copy(update=overrides)
 
 
-async def run_demo(settings: Settings, events: Path | None, timeout_s: float) -> int:
+async def run_demo(
+    settings: Settings, events: Path | None, timeout_s: float, out: Path | None = None
+) -> int:
     """Run the demo; returns the process exit code."""
     started = time.monotonic()
     run = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
@@ -79,10 +84,10 @@ async def run_demo(settings: Settings, events: Path | None, timeout_s: float) ->
     prices = PriceList.from_toml(demo.prices_path.read_text(encoding="utf-8"))
     _say(f"focus-ledger demo, run {run}")
     _say(f"  Kafka {demo.kafka_bootstrap_servers}, PostgreSQL database {DEMO_DATABASE}")
-    shown = (
-        events.relative_to(REPO_ROOT) if events.is_relative_to(REPO_ROOT) else events
+    _say(
+        f"  events {_shown(events)}, price list {_shown(demo.prices_path)} "
+        f"({prices.provider})"
     )
-    _say(f"  events {shown}, price list {demo.prices_path.name} ({prices.provider})")
 
     await admin_execute(
         demo.database_url,
@@ -128,11 +133,18 @@ async def run_demo(settings: Settings, events: Path | None, timeout_s: float) ->
     rows = [orjson.loads(record.value) for record in published]
     await _print_results(demo, rows, dead)
     same = _compare(expected, [_row_cells(row) for row in rows])
+    findings = await _write_and_check(demo, rows, out or DEMO_OUT)
     _say()
     _say(
         f"service rows == replay rows: {'yes' if same else 'NO'} "
         f"({len(rows)} published, {len(expected)} expected)"
     )
+    _say(
+        f"own FOCUS checks on them: {len(findings) or 'all'} "
+        f"{'finding(s)' if findings else 'passed'}"
+    )
+    for finding in findings[:10]:
+        _say(f"  {finding.check}: {finding.subject}: {finding.detail}")
     _say(f"service stopped with SIGTERM, exit code {exit_code}")
     _say(f"demo took {time.monotonic() - started:.1f} s")
     _say()
@@ -141,11 +153,24 @@ async def run_demo(settings: Settings, events: Path | None, timeout_s: float) ->
         f"  DATABASE_URL={logs.safe_url(demo.database_url)} "
         ".venv/bin/focus-ledger balance acct-initech"
     )
-    return (
-        0
-        if same and exit_code == 0 and len(dead) == len(expected_run.rejections)
-        else 1
-    )
+    ok = same and not findings and exit_code == 0
+    return 0 if ok and len(dead) == len(expected_run.rejections) else 1
+
+
+async def _write_and_check(
+    settings: Settings, rows: list[dict[str, Any]], out: Path
+) -> list[Finding]:
+    """Write the published rows (and their metadata) and run the own checks."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    await write_rows(rows, out)
+    _say(f"  published rows written to {_shown(out)} with {_shown(metadata_path(out))}")
+    engine = create_engine(settings)
+    try:
+        async with engine.connect() as conn:
+            lots, invoices = await basis_left(conn), await invoice_totals(conn)
+    finally:
+        await engine.dispose()
+    return check_output(list(COLUMNS), rows, lots, invoices)
 
 
 def _shown(path: Path) -> Path:

@@ -23,6 +23,7 @@ import asyncpg  # type: ignore[import-untyped]
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from sqlalchemy.engine import make_url
 
+from service.replay import recorded_ms
 from service.settings import REPO_ROOT, Settings
 
 
@@ -111,8 +112,9 @@ async def produce_lines(settings: Settings, events: Path) -> dict[str, int]:
     """Produce a JSON Lines file of events to the input topics, as recorded.
 
     Each record's timestamp is its event's own time, as a meter that reports
-    promptly would write it; so history produced today is not mistaken for
-    events recorded late (see `period_close_grace_days`).
+    promptly would write it, so history produced today is not mistaken for
+    events recorded late (see `period_close_grace_days`); or, when a line
+    has one, its `recordedat` (see `service.replay.read_lines`).
     """
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap_servers,
@@ -151,9 +153,10 @@ def route(settings: Settings, line: bytes) -> tuple[str, bytes | None, int | Non
         else settings.topic_usage
     )
     subject = event.get("subject")
-    written_ms = None
-    with contextlib.suppress(TypeError, ValueError):
-        written_ms = int(datetime.fromisoformat(event["time"]).timestamp() * 1000)
+    written_ms = recorded_ms(line)
+    if written_ms is None:
+        with contextlib.suppress(TypeError, ValueError, KeyError):
+            written_ms = int(datetime.fromisoformat(event["time"]).timestamp() * 1000)
     return topic, subject.encode() if isinstance(subject, str) else None, written_ms
 
 

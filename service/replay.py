@@ -11,6 +11,7 @@ same events. At the end every held event is released and lots due by
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 from collections.abc import Callable, Iterator
@@ -56,13 +57,30 @@ class ReplayResult:
 
 
 def read_lines(path: Path) -> Iterator[InputRecord]:
-    """Records of a JSON Lines file; offset = line number from 0."""
+    """Records of a JSON Lines file; offset = line number from 0.
+
+    A file has no Kafka record timestamps; the CloudEvent extension attribute
+    `recordedat` (RFC 3339), when present, stands for one, so a file can
+    replay an event that was recorded after its billing period closed.
+    """
     with path.open("rb") as handle:
         for number, line in enumerate(handle):
             value = line.rstrip(b"\r\n")
             if not value.strip():
                 continue
-            yield InputRecord(Position(REPLAY_TOPIC, 0, number), RawRecord(value=value))
+            raw = RawRecord(value=value, timestamp_ms=recorded_ms(value))
+            yield InputRecord(Position(REPLAY_TOPIC, 0, number), raw)
+
+
+def recorded_ms(line: bytes) -> int | None:
+    """The `recordedat` of a line, as epoch milliseconds, if it has one."""
+    if b'"recordedat"' not in line:
+        return None
+    try:
+        recorded = json.loads(line).get("recordedat")
+        return int(datetime.fromisoformat(recorded).timestamp() * 1000)
+    except (ValueError, TypeError, AttributeError):
+        return None
 
 
 async def replay(

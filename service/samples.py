@@ -159,6 +159,8 @@ def demo_events() -> list[dict[str, Any]]:
             "INV-2026-11-0002",
             nov + timedelta(days=19),
             billing_account_name="Northwind Traders GmbH",
+            tax_amount="494.00",
+            tax_description="VAT 19 % (DE)",
             billing_account_type="Enterprise",
         )
     )
@@ -314,7 +316,35 @@ def demo_events() -> list[dict[str, Any]]:
             },
         )
     )
-    events.sort(key=lambda event: event["time"])
+    # Acme had bought credits in October already.
+    events.append(
+        purchase(
+            "p-acme-0",
+            datetime(2026, 10, 1, 9, tzinfo=UTC),
+            "acct-acme",
+            "50000",
+            "500.00",
+            "USD",
+            "INV-2026-10-0001",
+            datetime(2027, 10, 1, tzinfo=UTC),
+            **named,
+        )
+    )
+    # A meter that reported late: October usage recorded on 10 November, after
+    # October's invoice was issued. `recordedat` stands for the record's Kafka
+    # timestamp (see service.replay); the row is a correction in November.
+    late = usage(
+        "u-acme-late-october",
+        datetime(2026, 10, 30, 18, tzinfo=UTC),
+        "acct-acme",
+        "llm-large-input",
+        12_000,
+        resource_id="key-ws-research",
+        resource_name="Research API key",
+    )
+    late["recordedat"] = "2026-11-10T08:00:00Z"
+    events.append(late)
+    events.sort(key=lambda event: event.get("recordedat", event["time"]))
     # The top-up race: the usage is written before the purchase it needs.
     race = next(i for i, e in enumerate(events) if e["id"] == "p-initech-2")
     events.insert(race + 2, events.pop(race))

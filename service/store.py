@@ -634,6 +634,7 @@ def _entry_row(entry: Entry) -> dict[str, Any]:
         "event_id": entry.event_id,
         "event_source": entry.event_source,
         "billing_period_start": charge.billing_period[0] if charge else None,
+        "billing_period": charge.billing_period_label if charge else None,
         "invoice_id": charge.invoice_id if charge else None,
         "charge": row_text(focus_row(charge)) if charge else None,
     }

@@ -158,6 +158,7 @@ class EntryRow(SQLModel, table=True):
         sa.Index("entries_by_lot", "lot_id"),
         sa.Index("entries_by_invoice", "invoice_id"),
         sa.Index("entries_by_period", "billing_period_start", "account_id"),
+        sa.Index("entries_by_period_label", "billing_period", "account_id"),
     )
 
     seq: int | None = Field(
@@ -177,6 +178,7 @@ class EntryRow(SQLModel, table=True):
     event_id: str = Field(max_length=128)
     event_source: str = Field(max_length=256)
     billing_period_start: datetime | None = _instant(default=None)
+    billing_period: str | None = Field(default=None, max_length=7)
     invoice_id: str | None = Field(default=None, max_length=128)
     charge: dict[str, Any] | None = Field(default=None, sa_type=JsonDocument)
 

@@ -8,11 +8,15 @@ themselves keep every digit.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from ledger import money
 from service.queries import Balance
+from service.reports import InvoiceReconciliation, PeriodLine
 
 
 def table(
@@ -111,3 +115,112 @@ def dead_letter_lines(records: Sequence[Any]) -> list[str]:
         lines.append(f"  {headers.get('dlq.reason', '?')} at {where}")
         lines.append(f"      {headers.get('dlq.detail', '')}")
     return lines or ["  none"]
+
+
+def as_data(value: Any) -> Any:
+    """Dataclasses, lists and decimals as JSON-ready data (decimals as text)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        data = {
+            f.name: as_data(getattr(value, f.name)) for f in dataclasses.fields(value)
+        }
+        for name in ("credits_billed", "balanced", "billed_total", "effective_total"):
+            if hasattr(value, name):
+                data[name] = as_data(getattr(value, name))
+        return data
+    if isinstance(value, list | tuple):
+        return [as_data(item) for item in value]
+    if isinstance(value, dict):
+        return {key: as_data(item) for key, item in value.items()}
+    if isinstance(value, Decimal):
+        return money.text(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value
+
+
+def reconciliation_lines(result: InvoiceReconciliation) -> list[str]:
+    currency = result.billing_currency or ""
+
+    def amount(value: Decimal) -> str:
+        return f"{fixed(value, 2):>16} {currency}"
+
+    lines = [
+        f"invoice {result.invoice_id}",
+        f"  billed                    {amount(result.billed)}",
+    ]
+    if result.tax:
+        lines.append(f"    of which tax            {amount(result.tax)}")
+    if result.other_rows:
+        lines.append(f"    of which other charges  {amount(result.other_rows)}")
+    lines += [
+        f"    for credits             {amount(result.credits_billed)}",
+        f"  consumed                  {amount(result.total('consumed'))}",
+        f"  expired                   {amount(result.total('expired'))}",
+        f"  refunded                  {amount(result.total('returned'))}",
+        f"  forfeited on refund       {amount(result.total('forfeited'))}",
+        f"  remaining in lots         {amount(result.total('remaining'))}",
+        "  consumed + expired + refunded + forfeited + remaining = credits billed: "
+        + ("yes" if result.balanced else "NO"),
+        "",
+        "  per lot:",
+    ]
+    lines += table(
+        (
+            "lot",
+            "account",
+            "bought",
+            "paid",
+            "consumed",
+            "expired",
+            "refunded",
+            "remaining",
+            "status",
+        ),
+        (
+            (
+                lot.lot_id[:8],
+                lot.account_id,
+                fixed(lot.credits_bought, 0),
+                fixed(lot.paid, 2),
+                fixed(lot.consumed, 2),
+                fixed(lot.expired, 2),
+                fixed(lot.returned + lot.forfeited, 2),
+                fixed(lot.remaining, 2),
+                lot.status,
+            )
+            for lot in result.lots
+        ),
+        right="bought,paid,consumed,expired,refunded,remaining",
+    )
+    return lines
+
+
+def period_lines(lines_: Sequence[PeriodLine]) -> list[str]:
+    if not lines_:
+        return ["  no rows in that billing period"]
+    out: list[str] = []
+    for line in lines_:
+        currency = line.billing_currency or ""
+        opening = sum((b.credits for b in line.opening), Decimal(0))
+        closing = sum((b.credits for b in line.closing), Decimal(0))
+        out.append(f"{line.billing_account_id}, billing period {line.period}")
+        out += table(
+            ("kind", "BilledCost", "EffectiveCost", "credits"),
+            (
+                (
+                    kind,
+                    fixed(line.billed[kind], 2),
+                    fixed(line.effective[kind], 6),
+                    fixed(line.credits[kind], 6),
+                )
+                for kind in sorted(line.billed)
+            ),
+            right="BilledCost,EffectiveCost,credits",
+        )
+        out.append(
+            f"  total billed {fixed(line.billed_total, 2)} {currency}, effective "
+            f"{fixed(line.effective_total, 6)} {currency}; credits at start "
+            f"{fixed(opening, 6)}, at end {fixed(closing, 6)}"
+        )
+        out.append("")
+    return out

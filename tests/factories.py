@@ -12,13 +12,14 @@ from ledger.prices import PriceList
 from service.samples import cloud_event
 
 DATA = Path(__file__).parent / "data"
+SPEC = Path(__file__).parents[1] / "examples" / "focus-spec"
 SOURCE = "//tests.focus-ledger/billing"
 METER = "//tests.focus-ledger/meter"
 
 
 def spec_prices(terms: str = "") -> PriceList:
     """The spec scenario's price list, with account terms appended (TOML)."""
-    return PriceList.from_toml((DATA / "spec_prices.toml").read_text() + "\n" + terms)
+    return PriceList.from_toml((SPEC / "prices.toml").read_text() + "\n" + terms)
 
 
 def sample_prices() -> PriceList:

@@ -13,7 +13,7 @@ from service.drive import read_topic, start_service, stop_service, wait_claimed
 from service.topics import ensure_topics
 from tests import hostile
 from tests.e2e.conftest import SettingsFactory
-from tests.factories import DATA
+from tests.factories import SPEC
 
 pytestmark = pytest.mark.e2e
 
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.e2e
 async def test_hostile_records_are_dead_lettered_and_the_partition_moves_on(
     isolated: SettingsFactory, tmp_path: Path
 ) -> None:
-    settings = isolated((DATA / "spec_prices.toml").read_text())
+    settings = isolated((SPEC / "prices.toml").read_text())
     await ensure_topics(settings)
     service = start_service(settings, tmp_path / "service.log")
     placed: dict[tuple[str, int, int], hostile.Case] = {}

@@ -21,6 +21,8 @@ import orjson
 import pyarrow.parquet as pq
 import pytest
 
+from ledger.charges import COLUMNS
+from ledger.conformance import check_output
 from service.database import create_engine
 from service.drive import (
     produce_lines,
@@ -31,10 +33,11 @@ from service.drive import (
 )
 from service.queries import balances
 from service.replay import replay
+from service.reports import basis_left, invoice_totals
 from service.settings import Settings
 from service.topics import ensure_topics
 from tests.e2e.conftest import SettingsFactory
-from tests.factories import DATA, purchase_doc, refund_doc, spec_prices, usage_doc
+from tests.factories import SPEC, purchase_doc, refund_doc, spec_prices, usage_doc
 
 pytestmark = pytest.mark.e2e
 
@@ -151,7 +154,7 @@ async def _serve(
 async def run(
     isolated: SettingsFactory, tmp_path_factory: pytest.TempPathFactory
 ) -> Run:
-    prices_text = (DATA / "spec_prices.toml").read_text() + TERMS
+    prices_text = (SPEC / "prices.toml").read_text() + TERMS
     settings = isolated(prices_text)
     scratch = tmp_path_factory.mktemp("e2e-service")
     events = scratch / "events.jsonl"
@@ -279,6 +282,17 @@ async def test_a_rebuild_from_offset_zero_publishes_identical_rows(run: Run) -> 
 
     assert len(rebuilt) == len(run.rebuilt) == len(original)
     assert rebuilt == original
+
+
+async def test_the_published_rows_pass_the_own_focus_checks(run: Run) -> None:
+    engine = create_engine(run.settings)
+    try:
+        async with engine.connect() as conn:
+            lots, invoices = await basis_left(conn), await invoice_totals(conn)
+    finally:
+        await engine.dispose()
+
+    assert check_output(list(COLUMNS), run.rows, lots, invoices) == []
 
 
 async def test_balances_in_postgresql_match_the_rows(run: Run) -> None:

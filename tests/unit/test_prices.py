@@ -8,9 +8,9 @@ import pytest
 
 from ledger.errors import PriceListError
 from ledger.prices import PriceList, parse_pricing_unit
-from tests.factories import DATA, sample_prices
+from tests.factories import SPEC, sample_prices
 
-BASE = (DATA / "spec_prices.toml").read_text()
+BASE = (SPEC / "prices.toml").read_text()
 
 
 def test_the_sample_price_list_loads() -> None:

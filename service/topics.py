@@ -5,6 +5,14 @@ purchases and usage then share a partition number, and one instance owns
 both (the consumer uses the range assignor, which hands out equal partition
 numbers of co-partitioned topics together). A mismatch is refused at start,
 because it would let two instances change one account.
+
+The input topics and the dead-letter topic keep their records forever
+(`retention.ms=-1`). The inputs are the ledger's source of truth: a rebuild
+reads them from offset 0. Time-based retention would also judge a record by
+its timestamp, which producers set to the event's own time, so a month-old
+backfill would be deleted within minutes of being written. Dead letters keep
+the original record's timestamp for the same reason and must outlive the
+fix that lets them be re-submitted.
 """
 
 from __future__ import annotations
@@ -28,12 +36,12 @@ class TopicLayoutError(LedgerError):
 def topic_specs(settings: Settings) -> list[NewTopic]:
     partitions = settings.topic_partitions
     replicas = settings.topic_replication_factor
-    large = {"max.message.bytes": str(8 * 1024 * 1024)}
+    kept = {"max.message.bytes": str(8 * 1024 * 1024), "retention.ms": "-1"}
     return [
-        NewTopic(settings.topic_purchases, partitions, replicas, topic_configs=large),
-        NewTopic(settings.topic_usage, partitions, replicas, topic_configs=large),
+        NewTopic(settings.topic_purchases, partitions, replicas, topic_configs=kept),
+        NewTopic(settings.topic_usage, partitions, replicas, topic_configs=kept),
         NewTopic(settings.topic_charges, partitions, replicas),
-        NewTopic(settings.topic_dead_letter, 1, replicas, topic_configs=large),
+        NewTopic(settings.topic_dead_letter, 1, replicas, topic_configs=kept),
         NewTopic(
             settings.topic_relay_checkpoints,
             1,

@@ -94,7 +94,13 @@ class BatchReport:
     committed: bool = False
     duration_s: float = 0.0
     reasons: dict[str, int] = field(default_factory=dict)
-    event_times: list[datetime] = field(default_factory=list)
+    by_topic: dict[str, dict[str, int]] = field(default_factory=dict)
+    recorded: list[datetime] = field(default_factory=list)
+    alerts: dict[str, int] = field(default_factory=dict)
+
+    def count(self, topic: str, outcome: str) -> None:
+        outcomes = self.by_topic.setdefault(topic, {})
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
 
 
 COUNTERS = (
@@ -263,6 +269,7 @@ class Bookkeeper:
                 report.refetched += 1
                 continue
             seen[tp] = record.position.offset + 1
+            report.count(record.position.topic, "consumed")
             decoded = decode(
                 record.raw,
                 self.prices,
@@ -409,6 +416,7 @@ class Bookkeeper:
         )
         report.dead_letters += 1
         report.reasons[rejection.reason] = report.reasons.get(rejection.reason, 0) + 1
+        report.count(position.topic, "dead_letter")
         log.warning(
             "record dead-lettered",
             extra={
@@ -447,6 +455,7 @@ class Bookkeeper:
                 continue
             if verdict == "duplicate":
                 report.duplicates += 1
+                report.count(position.topic, "duplicate")
                 changes.dispositions.append(
                     DispositionRecord(
                         position, "duplicate", "duplicate", event.id, event.source
@@ -456,6 +465,7 @@ class Bookkeeper:
                 continue
             if verdict == "conflict":
                 report.conflicts += 1
+                report.count(position.topic, "conflict")
                 first = applied[(event.source, event.id)].position
                 self._reject(
                     held,
@@ -489,7 +499,9 @@ class Bookkeeper:
             changes.processed.append((event, position))
             report.applied += 1
             report.late += held.late
-            report.event_times.append(event.time)
+            report.count(position.topic, "applied")
+            if event.recorded_at is not None:
+                report.recorded.append(event.recorded_at)
             log.debug("event applied", extra=_event_log(event, position))
 
     def _verdict(

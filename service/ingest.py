@@ -26,10 +26,12 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import sqlalchemy as sa
+import uvicorn
 from aiokafka import ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from faststream import AckPolicy, FastStream
@@ -41,11 +43,14 @@ from ledger.errors import InvariantError
 from ledger.events import RawRecord
 from ledger.ordering import Position
 from ledger.prices import PriceList
+from service.api import ServiceProbe, build_api
 from service.bookkeeper import COUNTERS, BatchReport, Bookkeeper, InputRecord
 from service.faults import Faults
+from service.metrics import LagCollector, Metrics
 from service.relay import Relay
 from service.settings import Settings
 from service.store import FencedError
+from service.tables import OUTBOX
 from service.topics import TopicLayoutError, ensure_topics
 
 log = logging.getLogger(__name__)
@@ -84,6 +89,8 @@ class _PartitionOwner(ConsumerRebalanceListener):  # type: ignore[misc]
         log.info("partitions revoked", extra={"partitions": _names(revoked)})
 
     async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        self.ingest.joined = True
+        self.ingest._joined_s = time.monotonic()
         async with self.ingest.lock:
             try:
                 await self.ingest.claim([(tp.topic, tp.partition) for tp in assigned])
@@ -94,7 +101,7 @@ class _PartitionOwner(ConsumerRebalanceListener):  # type: ignore[misc]
                 )
 
 
-class Ingest:
+class Ingest(ServiceProbe):
     """The service: subscriber, ticker and relay around one bookkeeper."""
 
     def __init__(
@@ -105,10 +112,17 @@ class Ingest:
         faults = Faults(settings.fault_points, settings.fault_seed)
         self.bookkeeper = Bookkeeper(engine, prices, settings, faults=faults)
         self.relay = Relay(engine, settings, faults)
+        self.relay.on_published = self._published
         self.lock = asyncio.Lock()
         self.state = IngestState()
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._api: _ApiServer | None = None
+        self._backlog: int | None = None
+        self._joined_s = time.monotonic()
+        self.joined = False
+        self.metrics = Metrics()
+        self.metrics.watch(LagCollector(self._lag, lambda: self._backlog))
         self._last_sweep_s = 0.0
         self._last_progress_s = time.monotonic()
         self.broker = KafkaBroker(
@@ -198,7 +212,19 @@ class Ingest:
             return
         self._record(report)
 
+    def _published(self, records: int) -> None:
+        self.metrics.rows_published.inc(records)
+
     def _record(self, report: BatchReport) -> None:
+        if report.committed:
+            self.metrics.observe_batch(
+                report.by_topic,
+                report.records,
+                report.duration_s,
+                report.recorded,
+                report.alerts,
+                report.held,
+            )
         self.state.consecutive_failures = 0
         self.state.batches += report.committed
         self.state.last_batch_s = time.monotonic()
@@ -225,6 +251,7 @@ class Ingest:
             )
 
     async def _failed(self, error: Exception) -> None:
+        self.metrics.batch_failures.inc()
         self.state.consecutive_failures += 1
         failures = self.state.consecutive_failures
         log.error(
@@ -349,13 +376,96 @@ class Ingest:
         self._tasks = [
             asyncio.create_task(self._tick(), name="ticker"),
             asyncio.create_task(self.relay.run(), name="relay"),
+            asyncio.create_task(self._sample_backlog(), name="backlog"),
         ]
+        if self.settings.api_port:
+            self._api = _ApiServer(
+                uvicorn.Config(
+                    build_api(self.engine, self.settings, self.metrics, self),
+                    host=self.settings.api_host,
+                    port=self.settings.api_port,
+                    log_config=None,
+                    access_log=False,
+                    lifespan="off",
+                )
+            )
+            self._tasks.append(asyncio.create_task(self._serve_api(), name="api"))
         self.state.started = True
-        log.info("service started", extra={"group_id": self.settings.group_id})
+        log.info(
+            "service started",
+            extra={
+                "group_id": self.settings.group_id,
+                "api": f"{self.settings.api_host}:{self.settings.api_port}"
+                if self.settings.api_port
+                else None,
+            },
+        )
 
     async def _on_shutdown(self) -> None:
         self._stopping.set()
+        if self._api is not None:
+            self._api.should_exit = True
         log.info("service stopping", extra={"held": self.bookkeeper.held})
+
+    async def _serve_api(self) -> None:
+        """Serve HTTP until stopped. uvicorn exits the process when it cannot
+        bind; here that is logged and the consumer goes on without an API."""
+        if self._api is None:
+            return
+        try:
+            await self._api.serve()
+        except SystemExit:
+            log.error(
+                "the HTTP API could not start",
+                extra={"api": f"{self.settings.api_host}:{self.settings.api_port}"},
+            )
+
+    def readiness(self) -> dict[str, Any]:
+        """The consumer's side of `/readyz`."""
+        consumer = self.subscriber.consumer
+        waiting = bool(self._lag()) and any(self._lag().values())
+        idle_s = time.monotonic() - max(self.state.last_batch_s, self._joined_s)
+        return {
+            "started": self.state.started,
+            "fatal": self.state.fatal,
+            "group_joined": self.joined,
+            "partitions": sorted(f"{t}[{p}]" for t, p in self.bookkeeper.epochs),
+            "consecutive_failures": self.state.consecutive_failures,
+            "stuck": waiting and idle_s > self.settings.readiness_stuck_after_s,
+            "consumer": "running" if consumer is not None else "stopped",
+        }
+
+    def ready(self) -> bool:
+        state = self.readiness()
+        return bool(
+            state["started"]
+            and state["group_joined"]
+            and not state["fatal"]
+            and not state["stuck"]
+            and state["consecutive_failures"] == 0
+        )
+
+    def _lag(self) -> dict[tuple[str, int], int]:
+        """Records not yet committed, per owned input partition."""
+        lag = {}
+        for tp, highwater in self._highwaters().items():
+            progress = self.bookkeeper.committed.get(tp)
+            if highwater is not None and progress is not None:
+                lag[tp] = max(0, highwater - progress.next_offset)
+        return lag
+
+    async def _sample_backlog(self) -> None:
+        """Count the outbox now and then, for the backlog gauge."""
+        while not self._stopping.is_set():
+            with contextlib.suppress(Exception):
+                async with self.engine.connect() as conn:
+                    self._backlog = (
+                        await conn.execute(
+                            sa.select(sa.func.count()).select_from(OUTBOX)
+                        )
+                    ).scalar_one()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=5.0)
 
     async def _after_shutdown(self) -> None:
         # The broker has stopped and the last batch is committed; give the
@@ -369,6 +479,15 @@ class Ingest:
             task.cancel()
         await self.engine.dispose()
         log.info("service stopped", extra=dict(self.state.totals))
+
+
+class _ApiServer(uvicorn.Server):
+    """uvicorn, minus its own signal handlers: FastStream owns SIGTERM here and
+    stops the API with the rest of the service."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 def _undecoded(message: Any) -> None:

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger import money
 from ledger.charges import COLUMNS
-from service.tables import ENTRIES, LOTS
+from service.tables import ACCOUNTS, ENTRIES, LOTS
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,3 +151,167 @@ async def charge_rows(
         for row in rows:
             yield {column: row.charge.get(column) for column in COLUMNS}
         after = rows[-1].seq
+
+
+@dataclass(frozen=True, slots=True)
+class LotView:
+    lot_id: str
+    currency: str
+    status: str
+    purchased_at: datetime
+    expires_at: datetime | None
+    quantity: Decimal
+    remaining_quantity: Decimal
+    amount: Decimal
+    remaining_basis: Decimal
+    unit_cost: Decimal
+    billing_currency: str
+    invoice_id: str
+    purchase_id: str
+
+
+async def lots(
+    conn: AsyncConnection, account_id: str, include_closed: bool = False
+) -> list[LotView]:
+    """An account's lots in FIFO order; open ones only unless asked."""
+    query = sa.select(LOTS).where(LOTS.c.account_id == account_id)
+    if not include_closed:
+        query = query.where(LOTS.c.status == "open")
+    query = query.order_by(LOTS.c.purchased_at, LOTS.c.purchase_id)
+    return [
+        LotView(
+            lot_id=row.lot_id,
+            currency=row.currency,
+            status=row.status,
+            purchased_at=row.purchased_at,
+            expires_at=row.expires_at,
+            quantity=row.quantity,
+            remaining_quantity=row.remaining_quantity,
+            amount=row.amount,
+            remaining_basis=row.remaining_basis,
+            unit_cost=money.price(money.div(row.amount, row.quantity)),
+            billing_currency=row.billing_currency,
+            invoice_id=row.invoice_id,
+            purchase_id=row.purchase_id,
+        )
+        for row in await conn.execute(query)
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class EntryView:
+    seq: int
+    kind: str
+    occurred_at: datetime
+    currency: str
+    credits: Decimal
+    basis: Decimal
+    lot_id: str | None
+    event_id: str
+    charge_id: str
+    invoice_id: str | None
+
+
+HISTORY_PAGE_MAX = 500
+
+
+async def history(
+    conn: AsyncConnection, account_id: str, after_seq: int = 0, limit: int = 100
+) -> tuple[list[EntryView], int | None]:
+    """One page of an account's journal in ledger order, and the next cursor.
+
+    Pages are at most `HISTORY_PAGE_MAX` lines; the cursor is the last `seq`
+    of the page, None when there is no more.
+    """
+    size = max(1, min(limit, HISTORY_PAGE_MAX))
+    query = (
+        sa.select(ENTRIES)
+        .where(ENTRIES.c.account_id == account_id, ENTRIES.c.seq > after_seq)
+        .order_by(ENTRIES.c.seq)
+        .limit(size + 1)
+    )
+    found = list(await conn.execute(query))
+    page = [
+        EntryView(
+            seq=row.seq,
+            kind=row.kind,
+            occurred_at=row.occurred_at,
+            currency=row.currency,
+            credits=row.credits,
+            basis=row.basis,
+            lot_id=row.lot_id,
+            event_id=row.event_id,
+            charge_id=row.entry_id,
+            invoice_id=row.invoice_id,
+        )
+        for row in found[:size]
+    ]
+    more = len(found) > size
+    return page, (page[-1].seq if more and page else None)
+
+
+async def recent_rows(
+    conn: AsyncConnection, account_id: str, limit: int = 50
+) -> list[dict[str, Any]]:
+    """The account's latest FOCUS rows, newest first."""
+    query = (
+        sa.select(ENTRIES.c.charge)
+        .where(ENTRIES.c.account_id == account_id, ENTRIES.c.charge.is_not(None))
+        .order_by(ENTRIES.c.seq.desc())
+        .limit(max(1, min(limit, HISTORY_PAGE_MAX)))
+    )
+    return [
+        {column: row.charge.get(column) for column in COLUMNS}
+        for row in await conn.execute(query)
+    ]
+
+
+async def account_ids(
+    conn: AsyncConnection, after: str = "", limit: int = 100
+) -> list[str]:
+    query = (
+        sa.select(ACCOUNTS.c.account_id)
+        .where(ACCOUNTS.c.account_id > after)
+        .order_by(ACCOUNTS.c.account_id)
+        .limit(max(1, min(limit, HISTORY_PAGE_MAX)))
+    )
+    return [row.account_id for row in await conn.execute(query)]
+
+
+async def burndown(conn: AsyncConnection, account_id: str) -> list[dict[str, Any]]:
+    """Per lot, its remaining credits after each change, for a chart.
+
+    A lot's line starts at its purchase and ends at zero: spent, refunded, or
+    expired (the expiry instant is marked).
+    """
+    lot_rows = {
+        row.lot_id: row
+        for row in await conn.execute(
+            sa.select(LOTS).where(LOTS.c.account_id == account_id)
+        )
+    }
+    points: dict[str, list[tuple[datetime, Decimal]]] = {lot: [] for lot in lot_rows}
+    held: dict[str, Decimal] = {lot: Decimal(0) for lot in lot_rows}
+    query = (
+        sa.select(ENTRIES.c.lot_id, ENTRIES.c.occurred_at, ENTRIES.c.lot_credits)
+        .where(ENTRIES.c.account_id == account_id, ENTRIES.c.lot_id.is_not(None))
+        .order_by(ENTRIES.c.occurred_at, ENTRIES.c.seq)
+    )
+    for lot_id, moment, change in await conn.execute(query):
+        if lot_id not in held or change == 0:
+            continue
+        held[lot_id] = money.add(held[lot_id], change)
+        points[lot_id].append((moment, held[lot_id]))
+    return [
+        {
+            "lot_id": lot_id,
+            "currency": row.currency,
+            "purchased_at": row.purchased_at,
+            "expires_at": row.expires_at,
+            "status": row.status,
+            "points": points[lot_id],
+        }
+        for lot_id, row in sorted(
+            lot_rows.items(), key=lambda item: item[1].purchased_at
+        )
+    ]

@@ -29,7 +29,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,6 +78,7 @@ class Relay:
         self.settings = settings
         self.faults = faults
         self.stats = RelayStats()
+        self.on_published: Callable[[int], None] | None = None
         self._stopping = asyncio.Event()
 
     def stop(self) -> None:
@@ -205,6 +206,8 @@ class Relay:
         self.faults.strike("relay_after_commit")
         await self._delete_published(checkpoint)
         self.stats.published_rows += len(rows)
+        if self.on_published is not None:
+            self.on_published(len(rows))
         self.stats.transactions += 1
         self.stats.last_publish_s = time.monotonic()
         log.debug(

@@ -197,6 +197,26 @@ class Settings(BaseSettings):
         0x666F637573, "PostgreSQL advisory lock key that elects the one relay."
     )
 
+    api_host: str = _f(
+        "127.0.0.1", "Address the HTTP API listens on (0.0.0.0 in a container)."
+    )
+    api_port: int = _f(
+        8080, "Port of the HTTP API; 0 runs no HTTP server.", ge=0, le=65535
+    )
+    api_tokens: str = _f(
+        "",
+        "Bearer tokens of the API, comma-separated name:scope:secret with scope "
+        "read or admin. A secret: masked in `config`, never logged.",
+    )
+    api_tokens_file: Path | None = _f(
+        None, "A file of tokens, one name:scope:secret per line (a mounted secret)."
+    )
+    readiness_stuck_after_s: float = _f(
+        120.0,
+        "Not ready when input waits and no batch committed for this long (s).",
+        ge=1.0,
+    )
+
     fault_points: str = _f(
         "", "Fault injection for the crash harness only, e.g. batch_after_commit:0.1."
     )
@@ -242,6 +262,12 @@ class Settings(BaseSettings):
         values = {name: str(value) for name, value in self.model_dump().items()}
         values["database_url"] = make_url(self.database_url).render_as_string(
             hide_password=True
+        )
+        values["api_tokens"] = ",".join(
+            f"{name}:{scope}:***"
+            for name, scope, *_ in (
+                t.split(":", 2) for t in self.api_tokens.split(",") if t
+            )
         )
         return values
 

@@ -501,6 +501,7 @@ def _settings_for(
             "group_id": f"chaos-{run}-{name}",
             "topic_charges": f"chaos-{run}-{name}.focus.charges",
             "topic_dead_letter": f"chaos-{run}-{name}.ledger.dead-letter",
+            "topic_alerts": f"chaos-{run}-{name}.ledger.alerts",
             "topic_relay_checkpoints": f"chaos-{run}-{name}.ledger.relay-checkpoints",
             "ordering_hold_max_ms": 2000,
             "expiry_sweep_interval_ms": 1000,

@@ -40,6 +40,7 @@ from enum import StrEnum
 from typing import Any
 
 from ledger import money
+from ledger.alerts import AlertState, note_purchase
 from ledger.charges import Charge, ChargeKind, charge_id, lot_id
 from ledger.errors import InvariantError
 from ledger.events import Event, PurchaseData, Reason, RefundData, Rejection, UsageData
@@ -118,6 +119,7 @@ class Account:
     last_event_at: datetime | None = None
     lots: list[Lot] = field(default_factory=list)
     deficits: list[Deficit] = field(default_factory=list)
+    alerts: AlertState = field(default_factory=AlertState)
     changed: bool = False
 
     def balance(self, currency: str, moment: datetime) -> Decimal:
@@ -183,6 +185,7 @@ def apply(account: Account, event: Event, prices: PriceList, rules: Rules) -> Ou
     entries = book.expire_due(event.time)
     if isinstance(data, PurchaseData):
         entries += book.purchase(event, data)
+        note_purchase(account, data.currency, data.quantity)
     elif isinstance(data, RefundData):
         refunded = book.refund(event, data)
         if isinstance(refunded, Rejection):

@@ -69,6 +69,7 @@ class Lot:
     sub_account_name: str | None
     sub_account_type: str | None
     status: LotStatus = LotStatus.OPEN
+    expiry_alerted: bool = False
     changed: bool = False
 
     @property

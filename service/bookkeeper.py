@@ -40,6 +40,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ledger.accounts import Account, Entry, EntryKind, Rules, apply, expire_due
+from ledger.alerts import Alert, AlertRules, watch
 from ledger.events import (
     TOPIC_TYPES,
     Event,
@@ -53,7 +54,7 @@ from ledger.events import (
 from ledger.ordering import Held, Position, Sequencer
 from ledger.prices import PriceList
 from service.faults import NO_FAULTS, Faults
-from service.records import charge_record, dead_letter_record
+from service.records import alert_record, charge_record, dead_letter_record
 from service.settings import Settings
 from service.store import (
     Applied,
@@ -136,6 +137,7 @@ class Bookkeeper:
         self.prices = prices
         self.settings = settings
         self.rules: Rules = settings.rules
+        self.alert_rules: AlertRules = settings.alert_rules
         self.store = Store(settings.group_id)
         self.clock_s = clock_s
         self.wall = wall
@@ -495,6 +497,7 @@ class Bookkeeper:
                     position, _raw_of(held), outcome.rejection, changes, report
                 )
                 continue
+            self._raise(watch(account, event.time, self.alert_rules), changes, report)
             applied[(event.source, event.id)] = Applied(event.digest, position)
             changes.processed.append((event, position))
             report.applied += 1
@@ -553,7 +556,10 @@ class Bookkeeper:
         """Expire due lots of quiet accounts, so expiry rows do not wait for
         the account's next event."""
         account_ids = await self.store.accounts_expiring(
-            conn, cutoffs, self.settings.expiry_sweep_lots_max
+            conn,
+            cutoffs,
+            self.settings.expiry_sweep_lots_max,
+            self.alert_rules.expiring_within,
         )
         missing = [a for a in account_ids if a not in changes.accounts]
         changes.accounts.update(await self.store.load_accounts(conn, missing))
@@ -561,10 +567,31 @@ class Bookkeeper:
             account: Account = changes.accounts[account_id]
             if account.partition not in cutoffs:
                 continue
-            entries = expire_due(
-                account, cutoffs[account.partition], self.prices, self.rules
-            )
+            cutoff = cutoffs[account.partition]
+            entries = expire_due(account, cutoff, self.prices, self.rules)
             self._book_entries(entries, changes, report)
+            self._raise(watch(account, cutoff, self.alert_rules), changes, report)
+
+    def _raise(
+        self, alerts: list[Alert], changes: Changes, report: BatchReport
+    ) -> None:
+        for alert in alerts:
+            changes.outbox.append(
+                alert_record(
+                    self.settings.topic_alerts, self.settings.alert_source, alert
+                )
+            )
+            kind = str(alert.kind)
+            report.alerts[kind] = report.alerts.get(kind, 0) + 1
+            log.debug(
+                "alert raised",
+                extra={
+                    "alert": kind,
+                    "alert_id": alert.alert_id,
+                    "account_id": alert.account_id,
+                    "currency": alert.data.get("currency"),
+                },
+            )
 
 
 def _refunds(released: list[Held]) -> dict[str, set[str]]:

@@ -68,6 +68,7 @@ def _demo_settings(settings: Settings, run: str) -> Settings:
         "topic_usage": f"demo-{run}.usage.events",
         "topic_charges": f"demo-{run}.focus.charges",
         "topic_dead_letter": f"demo-{run}.ledger.dead-letter",
+        "topic_alerts": f"demo-{run}.ledger.alerts",
         "topic_relay_checkpoints": f"demo-{run}.ledger.relay-checkpoints",
     }
     return settings.model_copy(update=overrides)

@@ -1,10 +1,13 @@
-"""The bytes that go out: FOCUS rows and dead letters as Kafka records.
+"""The bytes that go out: FOCUS rows, alerts and dead letters as Kafka records.
 
 A FOCUS row is one JSON object, FOCUS columns in spec order and then the `x_`
 columns. Decimals are JSON *strings* of plain decimal text ("0.000123"), so no
 subscriber's JSON parser turns a cost into a float; JSON columns (Tags,
 SkuPriceDetails) are nested objects. The key is the billing account id, so a
 subscriber sees one account's rows in ledger order.
+
+An alert is a structured-mode CloudEvent (see `ledger.alerts`), keyed by
+billing account like the rows.
 
 A dead letter keeps the original value and headers untouched, so it can be
 re-submitted as it was, and says what happened in `dlq.*` headers: reason
@@ -20,6 +23,7 @@ from collections.abc import Sequence
 
 import orjson
 
+from ledger.alerts import Alert
 from ledger.charges import Charge, focus_row, row_text
 from ledger.events import Rejection
 from ledger.ordering import Position
@@ -53,6 +57,26 @@ def charge_record(topic: str, charge: Charge) -> OutboxRecord:
             ("content-type", b"application/json"),
             (HEADER_CHARGE_ID, charge.charge_id.encode()),
         ],
+    )
+
+
+def alert_record(topic: str, source: str, alert: Alert) -> OutboxRecord:
+    """An alert as a structured-mode CloudEvent, keyed by billing account."""
+    event = {
+        "specversion": "1.0",
+        "id": alert.alert_id,
+        "source": source,
+        "type": str(alert.kind),
+        "time": alert.occurred_at.isoformat().replace("+00:00", "Z"),
+        "subject": alert.account_id,
+        "datacontenttype": "application/json",
+        "data": alert.data,
+    }
+    return OutboxRecord(
+        topic=topic,
+        key=alert.account_id.encode(),
+        value=orjson.dumps(event),
+        headers=[("content-type", b"application/cloudevents+json")],
     )
 
 

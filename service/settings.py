@@ -10,6 +10,7 @@ config` prints the values in use with secrets masked.
 from __future__ import annotations
 
 from datetime import timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
 from ledger.accounts import Rules
+from ledger.alerts import AlertRules
 from ledger.periods import ChargeGrain
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -64,6 +66,9 @@ class Settings(BaseSettings):
     topic_usage: str = _f("usage.events", "Input: usage.")
     topic_charges: str = _f("focus.charges", "Output: FOCUS 1.2 rows.")
     topic_dead_letter: str = _f("ledger.dead-letter", "Output: refused records.")
+    topic_alerts: str = _f(
+        "ledger.alerts", "Output: credits.balance_low and credits.expiring events."
+    )
     topic_relay_checkpoints: str = _f(
         "ledger.relay-checkpoints", "The relay's checkpoints (compacted, internal)."
     )
@@ -146,6 +151,29 @@ class Settings(BaseSettings):
         "An event recorded more than this many days after it happened is "
         "refused (dead letter later_than_lateness_max); 0 disables the limit.",
         ge=0,
+    )
+
+    alert_balance_low_credits: Decimal | None = _f(
+        None,
+        "Alert (credits.balance_low) when a balance falls below this many "
+        "credits; empty: no absolute threshold.",
+        ge=0,
+    )
+    alert_balance_low_share: Decimal | None = _f(
+        Decimal("0.1"),
+        "Alert when a balance falls below this share of the account's last "
+        "purchase in the currency; empty: off. With both, the higher wins.",
+        ge=0,
+        le=1,
+    )
+    alert_expiring_within_h: float | None = _f(
+        168.0,
+        "Alert (credits.expiring) once per lot when credits left in it will "
+        "expire within this many hours; empty: off.",
+        gt=0,
+    )
+    alert_source: str = _f(
+        "//focus-ledger", "CloudEvents `source` of the alerts the ledger publishes."
     )
 
     consumer_session_timeout_ms: int = _f(
@@ -249,6 +277,18 @@ class Settings(BaseSettings):
             lateness_max=(
                 timedelta(days=self.lateness_max_days)
                 if self.lateness_max_days
+                else None
+            ),
+        )
+
+    @property
+    def alert_rules(self) -> AlertRules:
+        return AlertRules(
+            balance_low_credits=self.alert_balance_low_credits,
+            balance_low_share=self.alert_balance_low_share,
+            expiring_within=(
+                timedelta(hours=self.alert_expiring_within_h)
+                if self.alert_expiring_within_h
                 else None
             ),
         )

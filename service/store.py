@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -28,6 +28,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.accounts import Account, Deficit, Entry
+from ledger.alerts import AlertState
 from ledger.charges import focus_row, row_text
 from ledger.errors import InvariantError, LedgerError
 from ledger.events import Event
@@ -266,6 +267,7 @@ class Store:
             account.account_type = row.account_type
             account.billing_currency = row.billing_currency
             account.last_event_at = row.last_event_at
+            account.alerts = AlertState.from_json(row.alert_state)
         lots = LOTS
         wanted = sa.and_(lots.c.account_id.in_(ids), lots.c.status == LotStatus.OPEN)
         named = [
@@ -288,17 +290,31 @@ class Store:
             accounts[row.account_id].deficits.append(_deficit(row))
 
     async def accounts_expiring(
-        self, conn: AsyncConnection, cutoffs: dict[int, datetime], lots_max: int
+        self,
+        conn: AsyncConnection,
+        cutoffs: dict[int, datetime],
+        lots_max: int,
+        horizon: timedelta | None = None,
     ) -> list[str]:
-        """Accounts with an open lot expiring by their partition's cutoff."""
+        """Accounts with an open lot expiring by their partition's cutoff, or
+        (with a horizon) within the horizon and not yet announced."""
         found: set[str] = set()
         for partition, cutoff in sorted(cutoffs.items()):
+            due = LOTS.c.expires_at <= cutoff
+            if horizon is not None:
+                due = sa.or_(
+                    due,
+                    sa.and_(
+                        LOTS.c.expires_at <= cutoff + horizon,
+                        LOTS.c.expiry_alerted.is_(False),
+                    ),
+                )
             query = (
                 sa.select(LOTS.c.account_id)
                 .where(
                     LOTS.c.status == LotStatus.OPEN,
                     LOTS.c.partition == partition,
-                    LOTS.c.expires_at <= cutoff,
+                    due,
                 )
                 .order_by(LOTS.c.expires_at)
                 .limit(lots_max)
@@ -366,6 +382,7 @@ class Store:
                 "account_type": a.account_type,
                 "billing_currency": a.billing_currency,
                 "last_event_at": a.last_event_at,
+                "alert_state": a.alerts.to_json(),
             }
             for a in accounts
             if a.changed
@@ -534,6 +551,7 @@ def _lot(row: Any) -> Lot:
         sub_account_name=row.sub_account_name,
         sub_account_type=row.sub_account_type,
         status=LotStatus(row.status),
+        expiry_alerted=row.expiry_alerted,
     )
 
 
@@ -558,6 +576,7 @@ def _lot_values(lot: Lot, partition: int | None) -> dict[str, Any]:
         "sub_account_name": lot.sub_account_name,
         "sub_account_type": lot.sub_account_type,
         "status": str(lot.status),
+        "expiry_alerted": lot.expiry_alerted,
     }
 
 

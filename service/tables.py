@@ -102,6 +102,7 @@ class AccountRow(SQLModel, table=True):
     account_type: str | None = Field(default=None, max_length=256)
     billing_currency: str | None = Field(default=None, max_length=3)
     last_event_at: datetime | None = _instant(default=None)
+    alert_state: dict[str, Any] | None = Field(default=None, sa_type=JsonDocument)
 
 
 class LotRow(SQLModel, table=True):
@@ -131,6 +132,9 @@ class LotRow(SQLModel, table=True):
     sub_account_name: str | None = Field(default=None, max_length=256)
     sub_account_type: str | None = Field(default=None, max_length=256)
     status: str = Field(max_length=16)
+    expiry_alerted: bool = Field(
+        default=False, sa_column_kwargs={"server_default": sa.false()}
+    )
 
 
 class DeficitRow(SQLModel, table=True):
@@ -225,6 +229,7 @@ class OutboxRow(SQLModel, table=True):
     row that commits late cannot be skipped (see `service.relay`)."""
 
     __tablename__ = "outbox"
+    __table_args__ = (sa.Index("outbox_by_txid", "txid", "seq"),)
 
     seq: int | None = Field(
         default=None,

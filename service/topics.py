@@ -42,6 +42,7 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
         NewTopic(settings.topic_usage, partitions, replicas, topic_configs=kept),
         NewTopic(settings.topic_charges, partitions, replicas),
         NewTopic(settings.topic_dead_letter, 1, replicas, topic_configs=kept),
+        NewTopic(settings.topic_alerts, partitions, replicas),
         NewTopic(
             settings.topic_relay_checkpoints,
             1,

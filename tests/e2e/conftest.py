@@ -52,6 +52,7 @@ def isolated(
             topic_usage=inputs.topic_usage if inputs else f"e2e-{run_id}.usage.events",
             topic_charges=f"e2e-{run_id}.focus.charges",
             topic_dead_letter=f"e2e-{run_id}.ledger.dead-letter",
+            topic_alerts=f"e2e-{run_id}.ledger.alerts",
             topic_relay_checkpoints=f"e2e-{run_id}.ledger.relay-checkpoints",
             ordering_hold_max_ms=300,
             expiry_sweep_interval_ms=500,

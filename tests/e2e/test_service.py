@@ -114,6 +114,8 @@ class Run:
     exit_code: int | None
     rebuilt: list[dict[str, Any]]
     rebuilt_exit_code: int | None
+    alerts: list[dict[str, Any]]
+    rebuilt_alerts: list[dict[str, Any]]
 
     def of(self, account: str, kind: str | None = None) -> list[dict[str, Any]]:
         return [
@@ -126,8 +128,9 @@ class Run:
 
 async def _serve(
     settings: Settings, logs: Path, produce: Path | None, rows: int, dead: int
-) -> tuple[list[Any], list[Any], int | None]:
-    """Run one service process: produce `produce` (if given), read its output."""
+) -> tuple[list[Any], list[Any], list[Any], int | None]:
+    """Run one service process: produce `produce` (if given), read its output:
+    rows, dead letters and alerts."""
     await ensure_topics(settings)
     service = start_service(settings, logs)
     try:
@@ -145,9 +148,12 @@ async def _serve(
         dead_letters = await read_topic(
             settings, settings.topic_dead_letter, 1, dead, 15, service
         )
+        alerts = await read_topic(
+            settings, settings.topic_alerts, settings.topic_partitions, 1, 15, service
+        )
     finally:
         exit_code = stop_service(service)
-    return published, dead_letters, exit_code
+    return published, dead_letters, alerts, exit_code
 
 
 @pytest.fixture(scope="module")
@@ -164,12 +170,12 @@ async def run(
     expected = pq.read_table(expected_path).to_pylist()
     dead_count = len(expected_run.rejections)
 
-    published, dead, exit_code = await _serve(
+    published, dead, alerts, exit_code = await _serve(
         settings, scratch / "service.log", events, len(expected), dead_count
     )
     # A rebuild: a fresh database and group read the same input from offset 0.
     rebuild = isolated(prices_text, inputs=settings)
-    rebuilt, _, rebuilt_exit = await _serve(
+    rebuilt, _, rebuilt_alerts, rebuilt_exit = await _serve(
         rebuild, scratch / "rebuild.log", None, len(expected), dead_count
     )
     return Run(
@@ -180,6 +186,8 @@ async def run(
         exit_code=exit_code,
         rebuilt=[orjson.loads(record.value) for record in rebuilt],
         rebuilt_exit_code=rebuilt_exit,
+        alerts=[orjson.loads(record.value) for record in alerts],
+        rebuilt_alerts=[orjson.loads(record.value) for record in rebuilt_alerts],
     )
 
 
@@ -282,6 +290,27 @@ async def test_a_rebuild_from_offset_zero_publishes_identical_rows(run: Run) -> 
 
     assert len(rebuilt) == len(run.rebuilt) == len(original)
     assert rebuilt == original
+
+
+async def test_alerts_are_published_once_per_crossing(run: Run) -> None:
+    raised = sorted((a["subject"], a["type"]) for a in run.alerts)
+    ids = [alert["id"] for alert in run.alerts]
+    expiring = next(
+        a
+        for a in run.alerts
+        if a["subject"] == "e2e-expiry" and "expiring" in a["type"]
+    )
+
+    # e2e-expiry: its lot nears expiry at the first usage, the second usage
+    # runs it into a deficit. e2e-deficit: the usage runs it into a deficit;
+    # the top-up that settles it re-arms the alert without raising one.
+    assert ("e2e-expiry", "credits.expiring") in raised
+    assert raised.count(("e2e-expiry", "credits.balance_low")) == 1
+    assert raised.count(("e2e-deficit", "credits.balance_low")) == 1
+    assert len(ids) == len(set(ids))
+    assert expiring["data"]["credits"] == "7"
+    assert expiring["data"]["expires_at"] == "2025-04-10T00:00:00Z"
+    assert {a["id"] for a in run.rebuilt_alerts} == set(ids)
 
 
 async def test_the_published_rows_pass_the_own_focus_checks(run: Run) -> None:

@@ -97,7 +97,11 @@ async def test_a_batch_books_journal_lots_outbox_and_offsets(
 
     assert report.committed and report.applied == 4
     assert report.charges == 5  # 2 purchases, 2 usage, 1 settlement of u2's deficit
-    assert await count(engine, OUTBOX) == 5
+    # u2 runs the balance below 10 % of p1 (into a deficit): one alert.
+    assert report.alerts == {"credits.balance_low": 1}
+    async with engine.connect() as conn:
+        topics = sorted(r.topic for r in await conn.execute(sa.select(OUTBOX)))
+    assert topics == [SETTINGS.topic_charges] * 5 + [SETTINGS.topic_alerts]
     assert await count(engine, PROCESSED) == 4
     basis = await scalar(
         engine,

@@ -232,12 +232,13 @@ class _Book:
 
     def lateness_problem(self, event: Event) -> Rejection | None:
         limit = self.rules.lateness_max
-        if self.clock is None or limit is None or self.clock - event.time <= limit:
+        recorded = event.first_recorded_at or self.clock
+        if recorded is None or limit is None or recorded - event.time <= limit:
             return None
         return _reject(
             event,
             Reason.TOO_LATE,
-            f"recorded {self.clock.isoformat()}, more than {limit.days} days after "
+            f"recorded {recorded.isoformat()}, more than {limit.days} days after "
             "it happened",
         )
 

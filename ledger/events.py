@@ -293,11 +293,15 @@ class Event:
     data: EventData
     digest: str
     recorded_at: datetime | None = None
+    first_recorded_at: datetime | None = None
 
     @property
     def order_key(self) -> tuple[datetime, int, str, str]:
         """The total order of application: time, then rank, then identity."""
         return (self.time, RANKS[self.type], self.source, self.id)
+
+
+FIRST_RECORDED_HEADER = "x-first-recorded-ms"
 
 
 @dataclass(frozen=True, slots=True)
@@ -450,6 +454,16 @@ def _check(
         return Rejection(
             catalogue_problem[0], catalogue_problem[1], event_id, source, account_id
         )
+    recorded_at = (
+        datetime.fromtimestamp(record.timestamp_ms / 1000, UTC)
+        if record.timestamp_ms
+        else None
+    )
+    first_recorded_at = _first_recorded(record, recorded_at)
+    if isinstance(first_recorded_at, str):
+        return Rejection(
+            Reason.INVALID_ATTRIBUTE, first_recorded_at, event_id, source, account_id
+        )
     return Event(
         id=envelope.id,
         source=envelope.source,
@@ -458,12 +472,32 @@ def _check(
         account_id=envelope.subject,
         data=data,  # type: ignore[arg-type]
         digest=content_digest(envelope.type, envelope.time, envelope.subject, data),
-        recorded_at=(
-            datetime.fromtimestamp(record.timestamp_ms / 1000, UTC)
-            if record.timestamp_ms
-            else None
-        ),
+        recorded_at=recorded_at,
+        first_recorded_at=first_recorded_at,
     )
+
+
+def _first_recorded(
+    record: RawRecord, recorded_at: datetime | None
+) -> datetime | str | None:
+    """When a re-submitted record was first recorded (its header), or None.
+
+    A dead letter sent back after a fix carries the original record's
+    timestamp, so that the lateness limit judges how late the meter was, not
+    how long the fix took; its own timestamp (now) still decides the billing
+    period it is booked into. A malformed header is a problem (a string).
+    """
+    raw = next(
+        (value for name, value in record.headers if name == FIRST_RECORDED_HEADER),
+        None,
+    )
+    if raw is None:
+        return None
+    try:
+        first = datetime.fromtimestamp(int(raw.decode("ascii")) / 1000, UTC)
+    except (ValueError, OverflowError, OSError, UnicodeDecodeError):
+        return f"header {FIRST_RECORDED_HEADER} must be epoch milliseconds"
+    return min(first, recorded_at) if recorded_at is not None else first
 
 
 def _time_problem(

@@ -1,38 +1,53 @@
 """The `focus-ledger` command line: one entry point for service, replay and ops.
 
 Every command reads the same configuration as the service (see
-`service.settings`). Exit codes: 0 success, 1 a handled failure (bad input,
-unreachable database), 2 a usage error, 70 the service stopped on a fatal
-condition.
+`service.settings`). Answers are tables for people; `--json` prints the
+same answer for scripts, with decimals as strings. Exit codes:
+
+    0   success
+    1   a handled failure (unreachable database or broker, unreadable file)
+    2   a usage error (a bad option or value)
+    3   nothing found (no such account, invoice or dead letter)
+    4   the FOCUS checks found problems in what was checked or exported
+    70  the service stopped on a fatal condition
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import json
 import logging
 import re
 import sys
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from aiokafka.errors import KafkaError
 from sqlalchemy.exc import ProgrammingError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.conformance import Finding, check_output
 from ledger.errors import LedgerError
 from ledger.prices import PriceList
-from service import database, logs
+from service import database, logs, queries
 from service.database import create_engine
+from service.deadletters import (
+    DeadLetter,
+    ResubmitError,
+    read_dead_letters,
+    resubmit,
+)
 from service.demo import run_demo
 from service.docs import regenerate
-from service.exports import ExportResult, export, read_rows
+from service.exports import ExportResult, export, export_size, read_rows
 from service.ingest import EXIT_FATAL, Ingest
-from service.queries import Balance, balances
+from service.queries import Balance, EntryView, LotView, balances
 from service.replay import replay as replay_file
 from service.reports import (
     NoSuchInvoiceError,
@@ -47,9 +62,14 @@ from service.topics import ensure_topics
 from service.views import (
     as_data,
     balance_lines,
+    dead_letter_table,
+    history_lines,
+    lot_lines,
     period_lines,
     reconciliation_lines,
 )
+
+T = TypeVar("T")
 
 app = typer.Typer(
     add_completion=False,
@@ -60,6 +80,9 @@ app = typer.Typer(
 log = logging.getLogger("service.cli")
 
 EXIT_FAILURE = 1
+EXIT_NOT_FOUND = 3
+EXIT_FINDINGS = 4
+JsonFlag = Annotated[bool, typer.Option("--json", help="JSON for scripts")]
 PERIOD = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 
 
@@ -147,16 +170,20 @@ def replay(
     price_list = _prices(settings, prices)
     if out is not None and out.suffix not in (".csv", ".parquet"):
         raise typer.BadParameter("--out must end in .csv or .parquet")
-    result = asyncio.run(
-        replay_file(
-            events,
-            price_list,
-            settings,
-            out=out,
-            database_url=database,
-            as_of=_parse_time(as_of),
+    with events.open("rb") as handle:
+        lines = sum(1 for _ in handle)
+    with _progress(lines, "replaying") as bar:
+        result = asyncio.run(
+            replay_file(
+                events,
+                price_list,
+                settings,
+                out=out,
+                database_url=database,
+                as_of=_parse_time(as_of),
+                progress=bar.update if bar is not None else None,
+            )
         )
-    )
     typer.echo(
         f"{result.records} records: {result.applied} applied, "
         f"{result.duplicates} duplicate(s), {result.dead_letters} dead letter(s), "
@@ -173,21 +200,166 @@ def replay(
 def balance(
     account: Annotated[str | None, typer.Argument(help="billing account id")] = None,
     as_of: Annotated[str | None, typer.Option(help="instant (RFC 3339)")] = None,
+    as_json: JsonFlag = False,
 ) -> None:
-    """Print balances from the database."""
+    """Print balances from the database: credits usable, owed, value left."""
 
     settings = _settings()
     moment = _parse_time(as_of) or datetime.now(UTC)
 
-    async def run() -> None:
+    async def run(conn: AsyncConnection) -> list[Balance]:
+        return await balances(conn, moment, account)
+
+    found = _read(settings, run)
+    if account is not None and not found:
+        _not_found(f"no ledger for billing account {account}")
+    if as_json:
+        _echo_json({"as_of": moment.isoformat(), "balances": found})
+        return
+    _print_balances(found)
+
+
+@app.command()
+def lots(
+    account: Annotated[str, typer.Argument(help="billing account id")],
+    all_lots: Annotated[
+        bool, typer.Option("--all", help="also spent, expired and refunded lots")
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """An account's lots in FIFO order: what is left, its cost, its invoice."""
+
+    async def run(conn: AsyncConnection) -> list[LotView]:
+        return await queries.lots(conn, account, include_closed=all_lots)
+
+    found = _read(_settings(), run)
+    if not found and not all_lots and not _read(_settings(), _any_lot(account)):
+        _not_found(f"no lots for billing account {account}")
+    if as_json:
+        _echo_json({"lots": found})
+        return
+    for line in lot_lines(found):
+        typer.echo(line)
+
+
+@app.command()
+def history(
+    account: Annotated[str, typer.Argument(help="billing account id")],
+    after: Annotated[int, typer.Option(help="start after this seq", min=0)] = 0,
+    limit: Annotated[
+        int,
+        typer.Option(help="lines per page", min=1, max=queries.HISTORY_PAGE_MAX),
+    ] = 50,
+    as_json: JsonFlag = False,
+) -> None:
+    """An account's journal in ledger order, a page at a time."""
+
+    async def run(conn: AsyncConnection) -> tuple[list[EntryView], int | None]:
+        return await queries.history(conn, account, after, limit)
+
+    page, following = _read(_settings(), run)
+    if not page and after == 0:
+        _not_found(f"no journal for billing account {account}")
+    if as_json:
+        _echo_json({"entries": page, "next": following})
+        return
+    for line in history_lines(page):
+        typer.echo(line)
+    if following is not None:
+        typer.echo(f"  more: focus-ledger history {account} --after {following}")
+
+
+@app.command("dead-letters")
+def dead_letters(
+    reason: Annotated[str | None, typer.Option(help="only this reason")] = None,
+    resubmit_offsets: Annotated[
+        list[int] | None,
+        typer.Option(
+            "--resubmit",
+            help="offset of a dead letter to send back to its input topic "
+            "(repeat for more); do this after fixing the cause",
+        ),
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """List the dead-letter topic with reasons, or re-submit chosen records."""
+    settings = _settings()
+    if resubmit_offsets:
+        try:
+            done = asyncio.run(resubmit(settings, resubmit_offsets))
+        except ResubmitError as error:
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(EXIT_NOT_FOUND) from None
+        if as_json:
+            _echo_json({"resubmitted": done})
+            return
+        for item in done:
+            typer.echo(
+                f"dead letter {item.dead_letter_offset} sent to "
+                f"{item.topic}[{item.partition}]@{item.offset}"
+            )
+        return
+    letters = asyncio.run(read_dead_letters(settings, reason))
+    if as_json:
+        _echo_json({"dead_letters": [_letter_data(letter) for letter in letters]})
+        return
+    typer.echo(f"{settings.topic_dead_letter}: {len(letters)} dead letter(s)")
+    for line in dead_letter_table(letters):
+        typer.echo(line)
+
+
+def _letter_data(letter: DeadLetter) -> dict[str, Any]:
+    return {
+        "offset": letter.offset,
+        "reason": letter.reason,
+        "detail": letter.detail,
+        "topic": letter.topic,
+        "partition": letter.partition,
+        "source_offset": letter.source_offset,
+        "event_id": letter.event_id,
+        "event_source": letter.event_source,
+        "account_id": letter.account_id,
+        "value_bytes": len(letter.value),
+        "truncated": letter.truncated,
+        "timestamp_ms": letter.timestamp_ms,
+    }
+
+
+def _any_lot(account: str) -> Callable[[AsyncConnection], Awaitable[bool]]:
+    async def run(conn: AsyncConnection) -> bool:
+        return bool(await queries.lots(conn, account, include_closed=True))
+
+    return run
+
+
+def _read(settings: Settings, query: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+    """Run one read-only query on a connection of its own."""
+
+    async def run() -> T:
         engine = create_engine(settings)
         try:
             async with engine.connect() as conn:
-                _print_balances(await balances(conn, moment, account))
+                return await query(conn)
         finally:
             await engine.dispose()
 
-    asyncio.run(run())
+    return asyncio.run(run())
+
+
+def _echo_json(value: Any) -> None:
+    typer.echo(json.dumps(as_data(value), indent=2, default=str))
+
+
+def _not_found(message: str) -> NoReturn:
+    typer.echo(message, err=True)
+    raise typer.Exit(EXIT_NOT_FOUND)
+
+
+def _progress(total: int, label: str) -> Any:
+    """A progress bar on a terminal's stderr; nothing when output is piped."""
+    if not sys.stderr.isatty():
+        return contextlib.nullcontext(None)
+    return typer.progressbar(length=total, label=label, file=sys.stderr)
 
 
 @app.command("export")
@@ -205,21 +377,19 @@ def export_rows(
     if period is not None and not PERIOD.match(period):
         raise typer.BadParameter("--period is YYYY-MM")
 
-    async def run() -> ExportResult:
-        engine = create_engine(_settings())
-        try:
-            async with engine.connect() as conn:
-                return await export(
-                    conn,
-                    out,
-                    period=period,
-                    account_id=billing_account,
-                    aggregate=aggregate,
-                )
-        finally:
-            await engine.dispose()
+    async def run(conn: AsyncConnection) -> ExportResult:
+        total = await export_size(conn, period, billing_account)
+        with _progress(total, "exporting") as bar:
+            return await export(
+                conn,
+                out,
+                period=period,
+                account_id=billing_account,
+                aggregate=aggregate,
+                progress=bar.update if bar is not None else None,
+            )
 
-    result = asyncio.run(run())
+    result = _read(_settings(), run)
     typer.echo(f"{result.rows} rows written to {out}, metadata in {result.metadata}")
     _report_findings(result.findings)
 
@@ -254,7 +424,7 @@ def _report_findings(findings: list[Finding]) -> None:
     for finding in findings[:50]:
         typer.echo(f"  {finding.check}: {finding.subject}: {finding.detail}")
     typer.echo(f"own checks: {len(findings)} finding(s)")
-    raise typer.Exit(EXIT_FAILURE)
+    raise typer.Exit(EXIT_FINDINGS)
 
 
 @app.command()
@@ -283,8 +453,7 @@ def reconcile(
     try:
         result = asyncio.run(run())
     except NoSuchInvoiceError:
-        typer.echo(f"no rows carry invoice {invoice}", err=True)
-        raise typer.Exit(EXIT_FAILURE) from None
+        _not_found(f"no rows carry invoice {invoice}")
     if as_json:
         typer.echo(json.dumps(as_data(result), indent=2, default=str))
         return
@@ -362,8 +531,8 @@ def explain(error: BaseException) -> str:
     if isinstance(error, ProgrammingError) and "does not exist" in str(error.orig):
         return (
             f"the database {logs.safe_url(settings.database_url)} has no ledger "
-            "schema; run `focus-ledger migrate` (the demo keeps its own database, "
-            "focus_ledger_demo)"
+            "schema, or an older one; run `focus-ledger migrate` (the demo keeps "
+            "its own database, focus_ledger_demo)"
         )
     if isinstance(error, SQLAlchemyError | ConnectionError) or (
         isinstance(error, OSError)

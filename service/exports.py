@@ -19,7 +19,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-from collections.abc import AsyncIterable, Iterable, Sequence
+from collections.abc import AsyncIterable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -42,6 +42,7 @@ from service.reports import basis_left, invoice_totals
 from service.tables import ENTRIES
 
 PARQUET_BATCH_ROWS = 10_000
+EXPORT_CHUNK_ROWS = 5_000
 FOCUS_VERSION = "1.2"
 COUNT_COLUMNS = frozenset({"x_AggregatedRows"})
 
@@ -237,6 +238,25 @@ class ExportResult:
     findings: list[Finding] = field(default_factory=list)
 
 
+def _selection(
+    period: str | None, account_id: str | None
+) -> list[sa.ColumnElement[bool]]:
+    conditions: list[sa.ColumnElement[bool]] = [ENTRIES.c.charge.is_not(None)]
+    if period is not None:
+        conditions.append(ENTRIES.c.billing_period == period)
+    if account_id is not None:
+        conditions.append(ENTRIES.c.account_id == account_id)
+    return conditions
+
+
+async def export_size(
+    conn: AsyncConnection, period: str | None = None, account_id: str | None = None
+) -> int:
+    """How many rows `export` would read (for a progress bar)."""
+    query = sa.select(sa.func.count()).where(*_selection(period, account_id))
+    return int((await conn.execute(query)).scalar_one())
+
+
 async def export(
     conn: AsyncConnection,
     path: Path,
@@ -244,21 +264,31 @@ async def export(
     period: str | None = None,
     account_id: str | None = None,
     aggregate: bool = False,
+    progress: Callable[[int], None] | None = None,
 ) -> ExportResult:
     """Write the journal's rows (of one billing period, one account) and check them.
 
     The own conformance checks run on what was written; a whole export also
     checks every lot against the ledger, a period export every invoice.
+    `progress` is told how many rows each chunk read from the database held.
     """
-    conditions: list[sa.ColumnElement[bool]] = [ENTRIES.c.charge.is_not(None)]
-    if period is not None:
-        conditions.append(ENTRIES.c.billing_period == period)
-    if account_id is not None:
-        conditions.append(ENTRIES.c.account_id == account_id)
-    query = sa.select(ENTRIES.c.charge).where(*conditions).order_by(ENTRIES.c.seq)
-    rows = [
-        {c: row.charge.get(c) for c in COLUMNS} for row in await conn.execute(query)
-    ]
+    conditions = _selection(period, account_id)
+    rows: list[dict[str, Any]] = []
+    after = 0
+    while True:
+        query = (
+            sa.select(ENTRIES.c.seq, ENTRIES.c.charge)
+            .where(*conditions, ENTRIES.c.seq > after)
+            .order_by(ENTRIES.c.seq)
+            .limit(EXPORT_CHUNK_ROWS)
+        )
+        chunk = (await conn.execute(query)).all()
+        if not chunk:
+            break
+        rows += [{c: row.charge.get(c) for c in COLUMNS} for row in chunk]
+        after = chunk[-1].seq
+        if progress is not None:
+            progress(len(chunk))
     columns: Sequence[str] = COLUMNS
     if aggregate:
         rows, columns = fold(rows), AGGREGATED_COLUMNS

@@ -15,7 +15,8 @@ from decimal import Decimal
 from typing import Any
 
 from ledger import money
-from service.queries import Balance
+from service.deadletters import DeadLetter
+from service.queries import Balance, EntryView, LotView
 from service.reports import InvoiceReconciliation, PeriodLine
 
 
@@ -115,6 +116,89 @@ def dead_letter_lines(records: Sequence[Any]) -> list[str]:
         lines.append(f"  {headers.get('dlq.reason', '?')} at {where}")
         lines.append(f"      {headers.get('dlq.detail', '')}")
     return lines or ["  none"]
+
+
+def lot_lines(lots: Sequence[LotView]) -> list[str]:
+    if not lots:
+        return ["  no lots"]
+    return table(
+        (
+            "lot",
+            "bought",
+            "currency",
+            "left",
+            "of",
+            "value left",
+            "unit cost",
+            "expires",
+            "invoice",
+            "status",
+        ),
+        (
+            (
+                lot.lot_id[:8],
+                _instant(lot.purchased_at),
+                lot.currency,
+                fixed(lot.remaining_quantity, 6),
+                fixed(lot.quantity, 0),
+                f"{fixed(lot.remaining_basis, 6)} {lot.billing_currency}",
+                fixed(lot.unit_cost, 8),
+                _instant(lot.expires_at) if lot.expires_at else "never",
+                lot.invoice_id,
+                lot.status,
+            )
+            for lot in lots
+        ),
+        right="left,of,value left,unit cost",
+    )
+
+
+def history_lines(entries: Sequence[EntryView]) -> list[str]:
+    if not entries:
+        return ["  no journal lines"]
+    return table(
+        ("seq", "when", "kind", "credits", "value", "lot", "event", "invoice"),
+        (
+            (
+                str(entry.seq),
+                _instant(entry.occurred_at),
+                entry.kind,
+                fixed(entry.credits, 6),
+                fixed(entry.basis, 6),
+                (entry.lot_id or "")[:8],
+                entry.event_id,
+                entry.invoice_id or "",
+            )
+            for entry in entries
+        ),
+        right="seq,credits,value",
+    )
+
+
+def dead_letter_table(letters: Sequence[DeadLetter]) -> list[str]:
+    if not letters:
+        return ["  no dead letters"]
+    lines = table(
+        ("offset", "reason", "read at", "event", "account", "bytes"),
+        (
+            (
+                str(letter.offset),
+                letter.reason,
+                letter.where,
+                letter.event_id or "",
+                letter.account_id or "",
+                f"{len(letter.value)}{'+' if letter.truncated else ''}",
+            )
+            for letter in letters
+        ),
+        right="offset,bytes",
+    )
+    details = [f"  {letter.offset}: {letter.detail}" for letter in letters]
+    return [*lines, "", *details]
+
+
+def _instant(moment: datetime | None) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ") if moment else ""
 
 
 def as_data(value: Any) -> Any:

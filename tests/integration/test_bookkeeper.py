@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.errors import InvariantError
+from ledger.events import FIRST_RECORDED_HEADER
 from ledger.ordering import Position
 from service.bookkeeper import Bookkeeper, InputRecord
 from service.database import create_embedded_schema, create_engine
@@ -433,3 +434,53 @@ async def test_tax_is_its_own_row_on_the_purchase_invoice(engine: AsyncEngine) -
     assert tax["InvoiceId"] == "INV-tp" and tax["ChargeDescription"] == "VAT 19 %"
     assert tax["SkuId"] is None and tax["PricingQuantity"] is None
     assert tax["ListUnitPrice"] is None and tax["ContractedUnitPrice"] is None
+
+
+async def test_a_resubmitted_record_is_late_from_its_first_recording(
+    engine: AsyncEngine,
+) -> None:
+    """A dead letter sent back months later is not refused as late, but it is
+    booked when it is read again: into the period open then, as a correction."""
+    bookkeeper = keeper(engine)
+    await claim_all(bookkeeper)
+    lot = purchase_doc("rp", "2025-04-01T00:00:00Z", "a", "100", "100.00")
+    usage = usage_doc("ru", "2025-04-29T10:00:00Z", "a", Q, "3")
+    again = _recorded(USAGE, 0, usage, "2025-09-15T00:00:00Z")
+    first = int(at("2025-04-29T10:00:05Z").timestamp() * 1000)
+    resubmitted = InputRecord(
+        again.position,
+        replace(again.raw, headers=[(FIRST_RECORDED_HEADER, str(first).encode())]),
+    )
+    plain = _recorded(
+        USAGE,
+        1,
+        usage_doc("rv", "2025-04-29T11:00:00Z", "a", Q, "1"),
+        "2025-09-15T00:00:00Z",
+    )
+    garbled = InputRecord(
+        Position(USAGE, 0, 2),
+        replace(
+            record(USAGE, 2, usage_doc("rw", "2025-04-29T12:00:00Z", "a", Q, "1")).raw,
+            headers=[(FIRST_RECORDED_HEADER, b"yesterday")],
+        ),
+    )
+    stream = [
+        _recorded(PURCHASES, 0, lot, "2025-04-01T00:00:01Z"),
+        resubmitted,
+        plain,
+        garbled,
+    ]
+
+    report = await bookkeeper.book(stream, flush=True)
+
+    async with engine.connect() as conn:
+        rows = {
+            r.event_id: r.charge
+            for r in await conn.execute(sa.select(ENTRIES.c.event_id, ENTRIES.c.charge))
+        }
+    assert report.applied == 2
+    assert report.reasons == {"later_than_lateness_max": 1, "invalid_attribute": 1}
+    assert rows["ru"]["ChargeClass"] == "Correction"
+    assert rows["ru"]["BillingPeriodStart"] == "2025-09-01T00:00:00Z"
+    assert rows["ru"]["ChargePeriodStart"] == "2025-04-29T10:00:00Z"
+    assert "rv" not in rows

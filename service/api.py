@@ -8,7 +8,9 @@ Access. Every endpoint but `/healthz` and `/readyz` needs
 (`FOCUS_LEDGER_API_TOKENS`, or one per line in `FOCUS_LEDGER_API_TOKENS_FILE`)
 as `name:scope:secret`; the scope is `read` or `admin` (admin may also read).
 No token is 401, a token without the scope is 403. Tokens are compared in
-constant time and never logged; the log names the token's `name`.
+constant time and never logged; the log names the token's `name`. The ops page
+at `/ui` is served without a token because it carries no data: it asks for a
+token and sends it with every API call it makes, which need one like any other.
 
 Errors are RFC 9457 problem details (`application/problem+json`). Parameters
 are validated by their declared types and bounds; queries are built by
@@ -24,13 +26,14 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated, Any
 
 import sqlalchemy as sa
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -45,6 +48,14 @@ from service.views import as_data
 log = logging.getLogger(__name__)
 
 PERIOD_PATTERN = r"^\d{4}-(0[1-9]|1[0-2])$"
+UI_PAGE = Path(__file__).parent / "ui" / "index.html"
+# The page runs only its own inline script and style and talks only to this
+# origin, so an injected tag could neither load code nor send data elsewhere.
+UI_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; "
+    "style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:",
+    "X-Content-Type-Options": "nosniff",
+}
 Account = Annotated[str, PathParam(pattern=ID_PATTERN, max_length=128)]
 
 
@@ -124,6 +135,7 @@ def build_api(
 ) -> FastAPI:
     """The FastAPI application over one engine."""
     tokens = load_tokens(settings)
+    page = UI_PAGE.read_text(encoding="utf-8")
     probe = probe or ServiceProbe()
     metrics = metrics or Metrics()
 
@@ -208,6 +220,15 @@ def build_api(
         return JSONResponse(
             {"ready": ready, **checks}, status_code=200 if ready else 503
         )
+
+    @app.get("/ui", response_class=HTMLResponse, include_in_schema=False)
+    async def ops_page() -> HTMLResponse:
+        """The ops page, served without a token because it carries no data.
+
+        Every figure on it comes from the API calls the page makes with the
+        token the user enters, and each of those needs the token as usual.
+        """
+        return HTMLResponse(page, headers=UI_HEADERS)
 
     @app.get("/metrics", tags=["health"], dependencies=[reader])
     async def prometheus() -> Response:

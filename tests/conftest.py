@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import make_url
@@ -27,6 +29,32 @@ from service.drive import admin_execute
 from service.settings import Settings
 
 TEMPLATE = "focus_ledger_test_template"
+# Files a test writes for a person to look at (screenshots); git ignores them.
+ARTIFACTS = Path(__file__).parent / "artifacts"
+_SESSION_STARTED_S = pytest.StashKey[float]()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[_SESSION_STARTED_S] = time.time()
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, config: pytest.Config
+) -> None:
+    """List the artifacts this run wrote, so the output says where to look."""
+    started_s = config.stash.get(_SESSION_STARTED_S, None)
+    if started_s is None or not ARTIFACTS.is_dir():
+        return
+    written = sorted(
+        path
+        for path in ARTIFACTS.rglob("*")
+        if path.is_file() and path.stat().st_mtime >= started_s
+    )
+    if not written:
+        return
+    terminalreporter.section("artifacts written")
+    for path in written:
+        terminalreporter.write_line(str(path.relative_to(config.rootpath)))
 
 
 def _docker_engine() -> bool:

@@ -28,7 +28,7 @@ import logging
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import sqlalchemy as sa
 import uvicorn
@@ -37,6 +37,7 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from faststream import AckPolicy, FastStream
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
+from pydantic import WithJsonSchema
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.errors import InvariantError
@@ -48,12 +49,22 @@ from service.bookkeeper import COUNTERS, BatchReport, Bookkeeper, InputRecord
 from service.faults import Faults
 from service.metrics import LagCollector, Metrics
 from service.relay import Relay
+from service.schemas import one_of, topic_payloads
 from service.settings import Settings
 from service.store import FencedError
 from service.tables import OUTBOX
 from service.topics import TopicLayoutError, ensure_topics
 
 log = logging.getLogger(__name__)
+
+# One Kafka record of either input topic, as the contract describes it.
+InputEvents = Annotated[
+    Any,
+    WithJsonSchema(
+        one_of(topic_payloads()["purchases"], topic_payloads()["usage"]),
+        mode="validation",
+    ),
+]
 
 EXIT_FATAL = 70
 PROGRESS_LOG_INTERVAL_S = 60.0
@@ -155,6 +166,7 @@ class Ingest(ServiceProbe):
             description="Credit purchases, refunds and usage, as CloudEvents 1.0.",
         )
         self.subscriber(self.on_batch)
+        self._declare_outputs()
         self.app = FastStream(
             self.broker,
             on_startup=[self._on_startup],
@@ -163,11 +175,53 @@ class Ingest(ServiceProbe):
             after_shutdown=[self._after_shutdown],
         )
 
-    async def on_batch(self, message: KafkaMessage) -> None:
-        """Book one fetched batch; never raises into FastStream's loop."""
+    async def on_batch(self, contract: InputEvents, message: KafkaMessage) -> None:
+        """Book one fetched batch; never raises into FastStream's loop.
+
+        The bookkeeper decodes the raw records itself, so `contract` (what
+        FastStream decoded) is nothing; its annotation documents what the
+        records hold, for the AsyncAPI document.
+        """
         records = [_input_record(record) for record in message.raw_message]
         async with self.lock:
             await self._book(records)
+
+    def _declare_outputs(self) -> None:
+        """The topics the relay writes, declared to FastStream for the AsyncAPI
+        document only: the relay publishes through a transactional aiokafka
+        producer of its own (see `service.relay`), never through these."""
+        payloads = topic_payloads()
+        outputs = (
+            (
+                self.settings.topic_charges,
+                "focus-charges",
+                "FOCUS 1.2 rows, one JSON object each, keyed by billing account; "
+                "exactly once for read_committed subscribers.",
+                payloads["charges"],
+            ),
+            (
+                self.settings.topic_alerts,
+                "ledger-alerts",
+                "credits.balance_low and credits.expiring CloudEvents, keyed by "
+                "billing account.",
+                payloads["alerts"],
+            ),
+            (
+                self.settings.topic_dead_letter,
+                "ledger-dead-letter",
+                "Refused input records: the original value, key and headers, with "
+                "dlq.reason, dlq.detail, dlq.topic, dlq.partition, dlq.offset and "
+                "dlq.timestamp headers.",
+                {"description": "The refused record's original bytes."},
+            ),
+        )
+        for topic, title, description, payload in outputs:
+            self.broker.publisher(
+                topic,
+                title=title,
+                description=description,
+                schema=Annotated[Any, WithJsonSchema(payload)],
+            )
 
     async def claim(self, partitions: list[tuple[str, int]]) -> None:
         """Claim partitions and point the consumer at their stored offsets."""

@@ -11,8 +11,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ledger.alerts import AlertKind
 from ledger.charges import COLUMNS, DATETIME_COLUMNS, DECIMAL_COLUMNS, JSON_COLUMNS
-from ledger.events import DATA_MODELS, CloudEvent
+from ledger.events import DATA_MODELS, CloudEvent, EventType
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
@@ -66,9 +67,84 @@ def row_schema() -> dict[str, Any]:
     }
 
 
+_DECIMAL_TEXT = {"type": "string", "pattern": r"^-?[0-9]+(\.[0-9]+)?$"}
+_ALERT_DATA: dict[AlertKind, dict[str, Any]] = {
+    AlertKind.BALANCE_LOW: {
+        "currency": {"type": "string"},
+        "balance": _DECIMAL_TEXT,
+        "threshold": _DECIMAL_TEXT,
+        "billing_currency": {"type": ["string", "null"]},
+    },
+    AlertKind.EXPIRING: {
+        "currency": {"type": "string"},
+        "lot_id": {"type": "string"},
+        "expires_at": {"type": "string", "format": "date-time"},
+        "credits": _DECIMAL_TEXT,
+        "value": _DECIMAL_TEXT,
+        "billing_currency": {"type": "string"},
+        "invoice_id": {"type": "string"},
+    },
+}
+
+
+def alert_schema(kind: AlertKind) -> dict[str, Any]:
+    """An alert the ledger publishes: a structured CloudEvent (see
+    `ledger.alerts`)."""
+    data = _ALERT_DATA[kind]
+    return {
+        "$schema": SCHEMA_DIALECT,
+        "title": f"{kind} (CloudEvents 1.0, structured mode)",
+        "type": "object",
+        "properties": {
+            "specversion": {"const": "1.0"},
+            "id": {"type": "string", "format": "uuid"},
+            "source": {"type": "string"},
+            "type": {"const": str(kind)},
+            "time": {"type": "string", "format": "date-time"},
+            "subject": {"type": "string", "description": "Billing account id."},
+            "datacontenttype": {"const": "application/json"},
+            "data": {
+                "type": "object",
+                "properties": data,
+                "required": sorted(data),
+                "additionalProperties": False,
+            },
+        },
+        "required": ["specversion", "id", "source", "type", "time", "subject", "data"],
+    }
+
+
+def one_of(*schemas: dict[str, Any]) -> dict[str, Any]:
+    """Several schemas as one message payload (a topic that carries several
+    event types); their `$defs` are merged, their dialect keys dropped."""
+    definitions: dict[str, Any] = {}
+    variants = []
+    for schema in schemas:
+        variant = {k: v for k, v in schema.items() if k != "$schema"}
+        definitions.update(variant.pop("$defs", {}))
+        variants.append(variant)
+    merged: dict[str, Any] = {"oneOf": variants}
+    if definitions:
+        merged["$defs"] = definitions
+    return merged
+
+
+def topic_payloads() -> dict[str, dict[str, Any]]:
+    """The payload of each kind of topic, for the AsyncAPI document."""
+    return {
+        "purchases": one_of(
+            event_schema(EventType.PURCHASED), event_schema(EventType.REFUNDED)
+        ),
+        "usage": event_schema(EventType.USAGE),
+        "charges": row_schema(),
+        "alerts": one_of(*(alert_schema(kind) for kind in AlertKind)),
+    }
+
+
 def all_schemas() -> dict[str, dict[str, Any]]:
     schemas = {f"{name}.json": event_schema(name) for name in DATA_MODELS}
     schemas["focus-row.json"] = row_schema()
+    schemas.update({f"{kind}.json": alert_schema(kind) for kind in AlertKind})
     return schemas
 
 

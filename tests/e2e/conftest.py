@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,6 +14,14 @@ from service.settings import Settings
 from tests.conftest import admin_sql
 
 SettingsFactory = Callable[..., Settings]
+READ_TOKEN = "e2e:read:e2e-read-0123456789"
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now, for a service's HTTP API."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +65,8 @@ def isolated(
             topic_relay_checkpoints=f"e2e-{run_id}.ledger.relay-checkpoints",
             ordering_hold_max_ms=300,
             expiry_sweep_interval_ms=500,
+            api_port=free_port(),
+            api_tokens=READ_TOKEN,
             **extra,  # type: ignore[arg-type]
         )
 

@@ -17,6 +17,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pyarrow.parquet as pq
 import pytest
@@ -36,7 +37,7 @@ from service.replay import replay
 from service.reports import basis_left, invoice_totals
 from service.settings import Settings
 from service.topics import ensure_topics
-from tests.e2e.conftest import SettingsFactory
+from tests.e2e.conftest import READ_TOKEN, SettingsFactory
 from tests.factories import SPEC, purchase_doc, refund_doc, spec_prices, usage_doc
 
 pytestmark = pytest.mark.e2e
@@ -112,6 +113,7 @@ class Run:
     dead_letters: list[Any]
     expected: list[dict[str, Any]]
     exit_code: int | None
+    health: dict[str, Any]
     rebuilt: list[dict[str, Any]]
     rebuilt_exit_code: int | None
     alerts: list[dict[str, Any]]
@@ -128,9 +130,10 @@ class Run:
 
 async def _serve(
     settings: Settings, logs: Path, produce: Path | None, rows: int, dead: int
-) -> tuple[list[Any], list[Any], list[Any], int | None]:
+) -> tuple[list[Any], list[Any], list[Any], dict[str, Any], int | None]:
     """Run one service process: produce `produce` (if given), read its output:
-    rows, dead letters and alerts."""
+    rows, dead letters and alerts, and what its HTTP API said before it
+    stopped (readiness and metrics)."""
     await ensure_topics(settings)
     service = start_service(settings, logs)
     try:
@@ -151,9 +154,26 @@ async def _serve(
         alerts = await read_topic(
             settings, settings.topic_alerts, settings.topic_partitions, 1, 15, service
         )
+        health = await _health(settings)
     finally:
         exit_code = stop_service(service)
-    return published, dead_letters, alerts, exit_code
+    return published, dead_letters, alerts, health, exit_code
+
+
+async def _health(settings: Settings) -> dict[str, Any]:
+    base = f"http://127.0.0.1:{settings.api_port}"
+    secret = READ_TOKEN.split(":", 2)[2]
+    async with httpx.AsyncClient(base_url=base, timeout=10) as http:
+        ready = await http.get("/readyz")
+        metrics = await http.get(
+            "/metrics", headers={"Authorization": f"Bearer {secret}"}
+        )
+        refused = await http.get("/metrics")
+    return {
+        "ready": (ready.status_code, ready.json()),
+        "metrics": metrics.text,
+        "refused": refused.status_code,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -170,12 +190,12 @@ async def run(
     expected = pq.read_table(expected_path).to_pylist()
     dead_count = len(expected_run.rejections)
 
-    published, dead, alerts, exit_code = await _serve(
+    published, dead, alerts, health, exit_code = await _serve(
         settings, scratch / "service.log", events, len(expected), dead_count
     )
     # A rebuild: a fresh database and group read the same input from offset 0.
     rebuild = isolated(prices_text, inputs=settings)
-    rebuilt, _, rebuilt_alerts, rebuilt_exit = await _serve(
+    rebuilt, _, rebuilt_alerts, _, rebuilt_exit = await _serve(
         rebuild, scratch / "rebuild.log", None, len(expected), dead_count
     )
     return Run(
@@ -184,6 +204,7 @@ async def run(
         dead_letters=dead,
         expected=expected,
         exit_code=exit_code,
+        health=health,
         rebuilt=[orjson.loads(record.value) for record in rebuilt],
         rebuilt_exit_code=rebuilt_exit,
         alerts=[orjson.loads(record.value) for record in alerts],
@@ -277,6 +298,26 @@ async def test_published_rows_equal_the_replay_and_appear_once(run: Run) -> None
 
     assert len(ids) == len(set(ids)) == len(run.expected)
     assert set(ids) == {row["x_ChargeId"] for row in run.expected}
+
+
+async def test_the_running_service_is_ready_and_counts_what_it_did(run: Run) -> None:
+    status, ready = run.health["ready"]
+    metrics = run.health["metrics"]
+    usage = run.settings.topic_usage
+
+    assert status == 200 and ready["ready"] is True, ready
+    assert ready["database"] == "ok" and ready["group_joined"] is True
+    assert len(ready["partitions"]) == 2 * run.settings.topic_partitions
+    assert run.health["refused"] == 401
+    assert (
+        f'focus_ledger_events_total{{outcome="dead_letter",topic="{usage}"}} 2.0'
+        in metrics
+    )
+    assert f'focus_ledger_events_total{{outcome="duplicate",topic="{usage}"}} 1.0' in (
+        metrics
+    )
+    assert "focus_ledger_consumer_lag_records" in metrics
+    assert 'focus_ledger_alerts_total{type="credits.balance_low"}' in metrics
 
 
 async def test_the_service_stops_cleanly_on_sigterm(run: Run) -> None:

@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: venv demo test lint docs validate stack-start stack-stop clean
+.PHONY: venv demo test lint docs validate bench stack-start stack-stop clean
 
 venv: $(VENV)/.installed
 
@@ -31,6 +31,11 @@ lint: venv
 docs: venv
 	$(BIN)/focus-ledger docs
 	$(BIN)/python -m tests.hostile --write
+
+# Throughput against the ceiling, latency and memory, on the local stack.
+bench: venv
+	deploy/stack.sh start
+	eval "$$(deploy/stack.sh env)" && $(BIN)/python bench/throughput.py
 
 validate: venv
 	$(BIN)/python .ci/focus_validator.py build/demo/focus.parquet

@@ -47,8 +47,8 @@ import sqlalchemy as sa
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from sqlalchemy.engine import make_url
 
-from service.database import create_engine, migrate
-from service.drive import admin_execute, read_topic, start_service, stop_service
+from service.database import create_engine
+from service.drive import fresh_database, read_topic, start_service, stop_service
 from service.queries import balances
 from service.samples import cloud_event
 from service.settings import REPO_ROOT, Settings
@@ -515,16 +515,6 @@ def _settings_for(
     )
 
 
-async def _fresh_database(settings: Settings) -> None:
-    name = make_url(settings.database_url).database
-    await admin_execute(
-        settings.database_url,
-        f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)',
-        f'CREATE DATABASE "{name}"',
-    )
-    await asyncio.to_thread(migrate, settings.database_url)
-
-
 async def run(form: Form, seed: int, debug: bool = False) -> int:
     started = time.monotonic()
     run_id = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
@@ -547,8 +537,8 @@ async def run(form: Form, seed: int, debug: bool = False) -> int:
         flush=True,
     )
 
-    await _fresh_database(faulty)
-    await _fresh_database(clean)
+    await fresh_database(faulty)
+    await fresh_database(clean)
     await ensure_topics(faulty)
     await ensure_topics(clean)
 

@@ -229,6 +229,7 @@ class _Book:
         self.rules = rules
         self.clock = clock
         self.terms = prices.terms(account.account_id)
+        self._columns: dict[str, Any] | None = None
 
     def lateness_problem(self, event: Event) -> Rejection | None:
         limit = self.rules.lateness_max
@@ -335,6 +336,7 @@ class _Book:
         account.billing_currency = data.billing_currency
         account.name = data.billing_account_name or account.name
         account.account_type = data.billing_account_type or account.account_type
+        self._columns = None  # rows from here on carry the new name and type
         lot = Lot(
             lot_id=lot_id(event.source, event.id),
             account_id=account.account_id,
@@ -687,6 +689,13 @@ class _Book:
         )
 
     def _account_columns(self) -> dict[str, Any]:
+        """The account's columns, the same on every row of one event (a
+        purchase that renames the account comes before its rows)."""
+        if self._columns is None:
+            self._columns = self._named()
+        return self._columns
+
+    def _named(self) -> dict[str, Any]:
         account = self.account
         return {
             "billing_account_id": account.account_id,

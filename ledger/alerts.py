@@ -30,6 +30,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from ledger import money
+from ledger.charges import name_uuid
 from ledger.lots import LotStatus
 
 if TYPE_CHECKING:
@@ -223,4 +224,4 @@ def _currencies(account: Account) -> set[str]:
 
 
 def _id(kind: AlertKind, *parts: str) -> str:
-    return str(uuid.uuid5(_ALERT_IDS, "|".join((str(kind), *parts))))
+    return name_uuid(_ALERT_IDS, "|".join((str(kind), *parts)))

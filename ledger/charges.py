@@ -43,11 +43,13 @@ has ChargeClass `Correction`; every other row has a null ChargeClass.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
+from functools import lru_cache
 from typing import Any
 
 from ledger import money
@@ -159,12 +161,22 @@ def charge_id(kind: ChargeKind, *parts: str) -> str:
     Replaying the same events always yields the same ids, so a subscriber can
     de-duplicate and a dispute can name a row that will never be renumbered.
     """
-    return str(uuid.uuid5(_IDS, "|".join((str(kind), *parts))))
+    return name_uuid(_IDS, "|".join((str(kind), *parts)))
 
 
 def lot_id(purchase_source: str, purchase_id: str) -> str:
     """The id of the lot created by one purchase event."""
-    return str(uuid.uuid5(_IDS, f"lot|{purchase_source}|{purchase_id}"))
+    return name_uuid(_IDS, f"lot|{purchase_source}|{purchase_id}")
+
+
+def name_uuid(namespace: uuid.UUID, name: str) -> str:
+    """`str(uuid.uuid5(namespace, name))`, without building a UUID object:
+    every row needs one, and this is a third of the time."""
+    digest = bytearray(hashlib.sha1(namespace.bytes + name.encode()).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    text = digest.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,7 +322,7 @@ def focus_row(charge: Charge) -> dict[str, Any]:
         "x_SourceEventSource": charge.source_event_source,
         "x_SettlementEventId": charge.settlement_event_id,
     }
-    return {column: values[column] for column in COLUMNS}
+    return values  # written in COLUMNS order, which a test holds it to
 
 
 def row_text(row: dict[str, Any]) -> dict[str, Any]:
@@ -320,14 +332,36 @@ def row_text(row: dict[str, Any]) -> dict[str, Any]:
     is plain text without exponent, so no reader parses it into a float by
     accident and equal values always render alike.
     """
-    rendered: dict[str, Any] = {}
-    for column, value in row.items():
-        if value is None:
-            rendered[column] = None
-        elif column in DECIMAL_COLUMNS:
-            rendered[column] = money.text(value, 2 if column in MONEY_COLUMNS else 0)
-        elif column in DATETIME_COLUMNS:
+    rendered = dict(row)
+    for column in _MONEY_PRESENT:
+        value = row.get(column)
+        if value is not None:
+            rendered[column] = _money_text(value)
+    for column in _QUANTITY_PRESENT:
+        value = row.get(column)
+        if value is not None:
+            rendered[column] = _quantity_text(value)
+    for column in _DATETIME_PRESENT:
+        value = row.get(column)
+        if value is not None:
             rendered[column] = format_utc(value)
-        else:
-            rendered[column] = value
     return rendered
+
+
+_MONEY_PRESENT = tuple(c for c in COLUMNS if c in MONEY_COLUMNS)
+_QUANTITY_PRESENT = tuple(
+    c for c in COLUMNS if c in DECIMAL_COLUMNS and c not in MONEY_COLUMNS
+)
+_DATETIME_PRESENT = tuple(c for c in COLUMNS if c in DATETIME_COLUMNS)
+# Unit prices and zero costs repeat on row after row; their text is cached.
+_RENDERED_DECIMALS_MAX = 65_536
+
+
+@lru_cache(maxsize=_RENDERED_DECIMALS_MAX)
+def _money_text(value: Decimal) -> str:
+    return money.text(value, 2)
+
+
+@lru_cache(maxsize=_RENDERED_DECIMALS_MAX)
+def _quantity_text(value: Decimal) -> str:
+    return money.text(value, 0)

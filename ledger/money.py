@@ -148,7 +148,10 @@ def text(value: Decimal, places_min: int = 0) -> str:
     leading minus; a value's text is the same however it was computed, which
     keeps row content (and so row comparison) deterministic.
     """
-    if value == 0:
-        value = ZERO
-    normal = value.normalize(_CONTEXT)
-    return f"{normal:.{max(places_min, _places(normal))}f}"
+    whole, _, fraction = format(value, "f").partition(".")
+    fraction = fraction.rstrip("0")
+    if len(fraction) < places_min:
+        fraction += "0" * (places_min - len(fraction))
+    if whole == "-0" and not fraction.strip("0"):
+        whole = "0"
+    return f"{whole}.{fraction}" if fraction else whole

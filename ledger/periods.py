@@ -18,6 +18,8 @@ from enum import StrEnum
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
+FORMATTED_INSTANTS_MAX = 4096
+
 
 class ChargeGrain(StrEnum):
     HOUR = "hour"
@@ -34,11 +36,14 @@ def billing_period(
 ) -> tuple[datetime, datetime]:
     """The calendar month (in `timezone`) that contains `moment`."""
     local = moment.astimezone(_zone(timezone))
-    start = local.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    next_year, next_month = (
-        (start.year + 1, 1) if start.month == 12 else (start.year, start.month + 1)
-    )
-    end = start.replace(year=next_year, month=next_month)
+    return _month(local.year, local.month, timezone)
+
+
+@lru_cache(maxsize=1024)
+def _month(year: int, month: int, timezone: str) -> tuple[datetime, datetime]:
+    """A local calendar month as UTC instants (every row needs its month)."""
+    start = datetime(year, month, 1)
+    end = datetime(year + 1, 1, 1) if month == 12 else datetime(year, month + 1, 1)
     return _utc_local(start, timezone), _utc_local(end, timezone)
 
 
@@ -71,8 +76,13 @@ def _utc_local(local: datetime, timezone: str) -> datetime:
     return naive.replace(tzinfo=_zone(timezone)).astimezone(UTC)
 
 
+@lru_cache(maxsize=FORMATTED_INSTANTS_MAX)
 def format_utc(moment: datetime) -> str:
-    """FOCUS date/time text: UTC, whole seconds, `YYYY-MM-DDTHH:MM:SSZ`."""
+    """FOCUS date/time text: UTC, whole seconds, `YYYY-MM-DDTHH:MM:SSZ`.
+
+    Cached: every row carries four instants and most are period boundaries
+    shared by many rows (the billing month, the hour of the usage).
+    """
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 

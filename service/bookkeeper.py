@@ -54,7 +54,12 @@ from ledger.events import (
 from ledger.ordering import Held, Position, Sequencer
 from ledger.prices import PriceList
 from service.faults import NO_FAULTS, Faults
-from service.records import alert_record, charge_record, dead_letter_record
+from service.records import (
+    alert_record,
+    charge_record,
+    dead_letter_record,
+    rendered,
+)
 from service.settings import Settings
 from service.store import (
     Applied,
@@ -540,11 +545,14 @@ class Bookkeeper:
     ) -> None:
         topic = self.settings.topic_charges
         for entry in entries:
-            changes.entries.append(entry)
             report.expired_lots += entry.kind is EntryKind.EXPIRY
-            if entry.charge is not None:
-                changes.outbox.append(charge_record(topic, entry.charge))
-                report.charges += 1
+            if entry.charge is None:
+                changes.entries.append((entry, None))
+                continue
+            row = rendered(entry.charge)
+            changes.entries.append((entry, row))
+            changes.outbox.append(charge_record(topic, entry.charge, row))
+            report.charges += 1
 
     async def _sweep(
         self,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import gc
 import json
 import logging
 import re
@@ -124,9 +125,25 @@ def serve() -> None:
         },
     )
     ingest = Ingest(settings, prices, create_engine(settings))
+    _tune_garbage_collector()
     asyncio.run(ingest.app.run())
     if ingest.state.fatal:
         raise typer.Exit(EXIT_FATAL)
+
+
+# Allocations between two young-generation collections. The default (700)
+# makes a batch of thousands of events run hundreds of collections, and each
+# full one walks every object the process holds; this keeps cyclic garbage
+# bounded while spending a few per cent of the time on it instead of a fifth.
+GC_YOUNG_ALLOCATIONS_MAX = 50_000
+
+
+def _tune_garbage_collector() -> None:
+    """Move what start-up created out of the collector's way, and collect
+    less often: the service's objects are mostly short-lived and acyclic."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_ALLOCATIONS_MAX, 20, 100)
 
 
 @app.command()
@@ -168,6 +185,7 @@ def replay(
     settings = _settings()
     logs.configure("ERROR", "text")
     price_list = _prices(settings, prices)
+    _tune_garbage_collector()
     if out is not None and out.suffix not in (".csv", ".parquet"):
         raise typer.BadParameter("--out must end in .csv or .parquet")
     with events.open("rb") as handle:

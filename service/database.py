@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import orjson
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event
@@ -38,6 +39,7 @@ def create_engine(settings: Settings, url: str | None = None) -> AsyncEngine:
     return create_async_engine(
         target,
         isolation_level="READ COMMITTED",
+        json_serializer=_json_text,
         pool_size=settings.db_pool_size,
         max_overflow=2,
         pool_timeout=settings.db_statement_timeout_ms / 1000,
@@ -51,6 +53,12 @@ def create_engine(settings: Settings, url: str | None = None) -> AsyncEngine:
             },
         },
     )
+
+
+def _json_text(value: object) -> str:
+    """JSON columns hold rendered rows and small documents of text; orjson
+    writes them several times faster than the standard library."""
+    return orjson.dumps(value).decode()
 
 
 def _sqlite_pragmas(engine: AsyncEngine) -> None:

@@ -18,7 +18,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import tempfile
 import time
@@ -33,9 +32,9 @@ from ledger.charges import COLUMNS
 from ledger.conformance import Finding, check_output
 from ledger.prices import PriceList
 from service import logs
-from service.database import create_engine, migrate
+from service.database import create_engine
 from service.drive import (
-    admin_execute,
+    fresh_database,
     produce_lines,
     read_topic,
     start_service,
@@ -90,12 +89,7 @@ async def run_demo(
         f"({prices.provider})"
     )
 
-    await admin_execute(
-        demo.database_url,
-        f'DROP DATABASE IF EXISTS "{DEMO_DATABASE}" WITH (FORCE)',
-        f'CREATE DATABASE "{DEMO_DATABASE}"',
-    )
-    await asyncio.to_thread(migrate, demo.database_url)
+    await fresh_database(demo)
     await ensure_topics(demo)
     _say("  database migrated, topics created")
 

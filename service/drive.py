@@ -23,6 +23,7 @@ import asyncpg  # type: ignore[import-untyped]
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from sqlalchemy.engine import make_url
 
+from service.database import migrate
 from service.replay import recorded_ms
 from service.settings import REPO_ROOT, Settings
 
@@ -42,6 +43,17 @@ async def admin_execute(database_url: str, *statements: str) -> None:
             await admin.execute(statement)
     finally:
         await admin.close()
+
+
+async def fresh_database(settings: Settings) -> None:
+    """Drop and create the settings' database, then migrate it: a clean run."""
+    name = make_url(settings.database_url).database
+    await admin_execute(
+        settings.database_url,
+        f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)',
+        f'CREATE DATABASE "{name}"',
+    )
+    await asyncio.to_thread(migrate, settings.database_url)
 
 
 def service_env(settings: Settings) -> dict[str, str]:

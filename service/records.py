@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from typing import Any
 
 import orjson
 
@@ -44,15 +45,17 @@ HEADER_TRUNCATED = "dlq.value_truncated"
 DLQ_PREFIX = "dlq."
 
 
-def charge_json(charge: Charge) -> bytes:
-    return orjson.dumps(row_text(focus_row(charge)))
+def rendered(charge: Charge) -> dict[str, Any]:
+    """The row's text, rendered once per row for the outbox and the journal."""
+    return row_text(focus_row(charge))
 
 
-def charge_record(topic: str, charge: Charge) -> OutboxRecord:
+def charge_record(topic: str, charge: Charge, row: dict[str, Any]) -> OutboxRecord:
+    """The Kafka record of one row; `row` is `rendered(charge)`."""
     return OutboxRecord(
         topic=topic,
         key=charge.billing_account_id.encode(),
-        value=charge_json(charge),
+        value=orjson.dumps(row),
         headers=[
             ("content-type", b"application/json"),
             (HEADER_CHARGE_ID, charge.charge_id.encode()),

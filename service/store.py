@@ -23,13 +23,13 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.accounts import Account, Deficit, Entry
 from ledger.alerts import AlertState
-from ledger.charges import focus_row, row_text
 from ledger.errors import InvariantError, LedgerError
 from ledger.events import Event
 from ledger.lots import Lot, LotStatus, check_conservation
@@ -107,7 +107,7 @@ class Changes:
     """Everything one batch writes, gathered before the writes start."""
 
     accounts: dict[str, Account] = field(default_factory=dict)
-    entries: list[Entry] = field(default_factory=list)
+    entries: list[tuple[Entry, dict[str, Any] | None]] = field(default_factory=list)
     processed: list[tuple[Event, Position]] = field(default_factory=list)
     dispositions: list[DispositionRecord] = field(default_factory=list)
     outbox: list[OutboxRecord] = field(default_factory=list)
@@ -213,7 +213,14 @@ class Store:
                 table.c.topic,
                 table.c.partition,
                 table.c.offset,
-            ).where(sa.tuple_(table.c.source, table.c.event_id).in_(chunk))
+            )
+            query = _matching(
+                conn,
+                query,
+                (table.c.source, table.c.event_id),
+                chunk,
+                (sa.Text, sa.Text),
+            )
             for row in await conn.execute(query):
                 found[(row.source, row.event_id)] = Applied(
                     row.digest, Position(row.topic, row.partition, row.offset)
@@ -227,10 +234,12 @@ class Store:
         found: set[Position] = set()
         table = DISPOSITIONS
         for chunk in _chunks(sorted(set(positions))):
-            query = sa.select(table.c.topic, table.c.partition, table.c.offset).where(
-                sa.tuple_(table.c.topic, table.c.partition, table.c.offset).in_(
-                    [(p.topic, p.partition, p.offset) for p in chunk]
-                )
+            query = _matching(
+                conn,
+                sa.select(table.c.topic, table.c.partition, table.c.offset),
+                (table.c.topic, table.c.partition, table.c.offset),
+                [(p.topic, p.partition, p.offset) for p in chunk],
+                (sa.Text, sa.Integer, sa.BigInteger),
             )
             for row in await conn.execute(query):
                 found.add(Position(row.topic, row.partition, row.offset))
@@ -333,7 +342,7 @@ class Store:
         closed = await self._save_lots(conn, changes.accounts.values())
         await self._save_deficits(conn, changes.accounts.values())
         await self._insert(
-            conn, ENTRIES, [_entry_row(entry) for entry in changes.entries]
+            conn, ENTRIES, [_entry_row(entry, row) for entry, row in changes.entries]
         )
         await self._insert(
             conn,
@@ -502,8 +511,38 @@ class Store:
     async def _insert(
         self, conn: AsyncConnection, table: sa.Table, rows: list[dict[str, Any]]
     ) -> None:
-        if rows:
+        """Append rows; on PostgreSQL with COPY, several times faster than
+        INSERT for the thousands of journal, outbox and event rows of a batch.
+
+        Raises:
+            InvariantError: the connection is not inside the batch's
+                transaction, where a COPY would commit on its own.
+        """
+        if not rows:
+            return
+        if conn.dialect.name != "postgresql":
             await conn.execute(sa.insert(table), rows)
+            return
+        raw = (await conn.get_raw_connection()).driver_connection
+        if raw is None or not raw.is_in_transaction():
+            raise InvariantError(f"COPY into {table.name} outside a transaction")
+        columns = list(rows[0])
+        documents = {
+            name for name in columns if isinstance(table.c[name].type, sa.JSON)
+        }
+        await raw.copy_records_to_table(
+            table.name,
+            columns=columns,
+            records=[
+                tuple(
+                    _json_text(row[name])
+                    if name in documents and row[name] is not None
+                    else row[name]
+                    for name in columns
+                )
+                for row in rows
+            ],
+        )
 
     async def _upsert(
         self,
@@ -523,6 +562,42 @@ class Store:
         await conn.execute(
             statement.on_conflict_do_update(index_elements=keys, set_=update), rows
         )
+
+
+def _json_text(value: object) -> str:
+    return orjson.dumps(value).decode()
+
+
+def _matching(
+    conn: AsyncConnection,
+    query: sa.Select[Any],
+    columns: Sequence[sa.ColumnElement[Any]],
+    keys: Sequence[tuple[Any, ...]],
+    types: Sequence[type[sa.types.TypeEngine[Any]]],
+) -> sa.Select[Any]:
+    """`query` limited to rows whose `columns` equal one of `keys`.
+
+    PostgreSQL plans a long list of row values badly (thousands of ORs); a
+    join with the keys unnested from one array per column walks the primary
+    key instead. SQLite takes the row-value list as it is.
+    """
+    if conn.dialect.name != "postgresql":
+        return query.where(sa.tuple_(*columns).in_(keys))
+    arrays = [
+        sa.literal(
+            [key[n] for key in keys], type_=postgresql.ARRAY(kind(), dimensions=1)
+        )
+        for n, kind in enumerate(types or (sa.Text,) * len(columns))
+    ]
+    wanted = (
+        sa.func.unnest(*arrays)
+        .table_valued(*(f"k{n}" for n in range(len(columns))))
+        .render_derived()
+    )
+    return query.join(
+        wanted,
+        sa.and_(*(column == wanted.c[f"k{n}"] for n, column in enumerate(columns))),
+    )
 
 
 def _insert(conn: AsyncConnection, table: sa.Table) -> Any:
@@ -638,7 +713,8 @@ def _deficit_values(account_id: str, deficit: Deficit) -> dict[str, Any]:
     }
 
 
-def _entry_row(entry: Entry) -> dict[str, Any]:
+def _entry_row(entry: Entry, row: dict[str, Any] | None) -> dict[str, Any]:
+    """A journal line; `row` is its charge's rendered FOCUS row, if any."""
     charge = entry.charge
     return {
         "entry_id": entry.entry_id,
@@ -655,5 +731,5 @@ def _entry_row(entry: Entry) -> dict[str, Any]:
         "billing_period_start": charge.billing_period[0] if charge else None,
         "billing_period": charge.billing_period_label if charge else None,
         "invoice_id": charge.invoice_id if charge else None,
-        "charge": row_text(focus_row(charge)) if charge else None,
+        "charge": row,
     }

@@ -82,6 +82,11 @@ class UtcDateTime(TypeDecorator[datetime]):
 JsonDocument = sa.JSON(none_as_null=True).with_variant(
     postgresql.JSONB(none_as_null=True), "postgresql"
 )
+# JSON kept as the text written (key order included), not parsed into jsonb:
+# for documents that are stored and read whole, never queried inside.
+JsonText = sa.JSON(none_as_null=True).with_variant(
+    postgresql.JSON(none_as_null=True), "postgresql"
+)
 Bytes = sa.LargeBinary()
 
 
@@ -161,7 +166,6 @@ class EntryRow(SQLModel, table=True):
         sa.Index("entries_by_account", "account_id", "seq"),
         sa.Index("entries_by_lot", "lot_id"),
         sa.Index("entries_by_invoice", "invoice_id"),
-        sa.Index("entries_by_period", "billing_period_start", "account_id"),
         sa.Index("entries_by_period_label", "billing_period", "account_id"),
     )
 
@@ -184,7 +188,7 @@ class EntryRow(SQLModel, table=True):
     billing_period_start: datetime | None = _instant(default=None)
     billing_period: str | None = Field(default=None, max_length=7)
     invoice_id: str | None = Field(default=None, max_length=128)
-    charge: dict[str, Any] | None = Field(default=None, sa_type=JsonDocument)
+    charge: dict[str, Any] | None = Field(default=None, sa_type=JsonText)
 
 
 class ProcessedEvent(SQLModel, table=True):

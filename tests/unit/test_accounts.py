@@ -314,3 +314,29 @@ def test_a_rejected_purchase_leaves_the_account_unchanged() -> None:
     assert outcome.entries == []
     assert account.lots == []
     assert not account.changed
+
+
+def test_rows_before_a_renaming_purchase_keep_the_old_name() -> None:
+    account = Account("a")
+    book(
+        account,
+        purchase_doc(
+            "p1",
+            "2025-04-01T00:00:00Z",
+            "a",
+            "10",
+            "10.00",
+            expires_at="2025-04-05T00:00:00Z",
+            billing_account_name="Old Name",
+        ),
+    )
+
+    outcome = book(
+        account,
+        purchase_doc(
+            "p2", "2025-04-06T00:00:00Z", "a", "10", "10.00", billing_account_name="New"
+        ),
+    )
+
+    names = {row.kind: row.billing_account_name for row in charges(outcome)}
+    assert names == {ChargeKind.EXPIRY: "Old Name", ChargeKind.PURCHASE: "New"}

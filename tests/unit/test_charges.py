@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import uuid
+
+from hypothesis import given
+from hypothesis import strategies as st
+
 from ledger.accounts import Account, Rules, apply
 from ledger.charges import (
     COLUMNS,
@@ -9,6 +14,7 @@ from ledger.charges import (
     ChargeKind,
     charge_id,
     focus_row,
+    name_uuid,
     row_text,
 )
 from tests.factories import event, purchase_doc, spec_prices, usage_doc
@@ -62,3 +68,10 @@ def test_charge_ids_are_stable_and_distinct_per_cause() -> None:
     assert first == charge_id(ChargeKind.USAGE, "src", "u", "lot-1")
     assert first != charge_id(ChargeKind.USAGE, "src", "u", "lot-2")
     assert first != charge_id(ChargeKind.SETTLEMENT, "src", "u", "lot-1")
+
+
+@given(st.text(max_size=200))
+def test_name_uuids_are_uuid5(name: str) -> None:
+    namespace = uuid.UUID("6f1d2b0e-6c4a-5d8e-9b7a-3c2f1e0d4b5a")
+
+    assert name_uuid(namespace, name) == str(uuid.uuid5(namespace, name))

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from ledger.events import (
     TOPIC_TYPES,
@@ -14,6 +18,11 @@ from ledger.events import (
     RawRecord,
     Reason,
     Rejection,
+    UsageData,
+    _canonical,
+    _holds_float,
+    _parse_json,
+    content_digest,
     decode,
 )
 from tests.factories import purchase_doc, raw, spec_prices, usage_doc
@@ -189,3 +198,64 @@ def test_a_billing_currency_outside_iso_4217_is_refused() -> None:
     assert isinstance(result, Rejection)
     assert result.reason is Reason.INVALID_DATA
     assert "ISO 4217" in result.detail
+
+
+_JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**30), max_value=10**30)
+    | st.decimals(allow_nan=False, allow_infinity=False, places=6)
+    | st.text(),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+def _reference_parse(value: bytes) -> object:
+    return json.loads(value.decode("utf-8"), parse_float=Decimal)
+
+
+@given(_JSON_VALUES)
+def test_parsing_gives_what_the_exact_parser_gives_and_no_float(value: object) -> None:
+    encoded = json.dumps(value, default=str).encode()
+
+    parsed = _parse_json(encoded)
+
+    assert parsed == _reference_parse(encoded)
+    assert "float" not in repr(type(parsed)) and not _holds_float(parsed)
+
+
+@given(
+    st.dictionaries(st.text(min_size=1, max_size=10), st.text(max_size=20), max_size=5),
+    st.text(max_size=30),
+)
+@example({"a": "x\x7fy"}, "")
+@example({"é": "\u2028"}, "r\x01")
+def test_the_content_digest_is_the_one_stored_by_earlier_versions(
+    tags: dict[str, str], resource: str
+) -> None:
+    """Digests of applied events are stored; a re-sent copy must match them
+    whatever JSON writer the digest uses, or it would become a conflict."""
+    data = UsageData.model_construct(
+        sku_id="SKU-762343",
+        quantity=Decimal("1.50"),
+        tags=tags,
+        resource_id=resource or None,
+    )
+    moment = datetime(2025, 4, 1, 10, tzinfo=UTC)
+    canonical = {
+        "type": "usage.recorded",
+        "time": moment.isoformat(),
+        "subject": "acct",
+        "data": {
+            name: _canonical(value) for name, value in sorted(data.__dict__.items())
+        },
+    }
+    reference = json.dumps(canonical, sort_keys=True, separators=(",", ":"))
+
+    digest = content_digest(EventType.USAGE, moment, "acct", data)
+
+    assert digest == hashlib.sha256(reference.encode()).hexdigest()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
+from decimal import Context, Decimal
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ledger import money
 from ledger.money import DecimalRangeError, parse_decimal
@@ -54,6 +56,28 @@ def test_text_is_plain_and_the_same_for_equal_values(
     value: Decimal, places: int, text: str
 ) -> None:
     assert money.text(value, places) == text
+
+
+@given(
+    st.decimals(
+        min_value=Decimal("-1e18"),
+        max_value=Decimal("1e18"),
+        places=12,
+        allow_nan=False,
+        allow_infinity=False,
+    ),
+    st.integers(min_value=0, max_value=6),
+)
+def test_text_is_exact_plain_and_minimal(value: Decimal, places: int) -> None:
+    shown = money.text(value, places)
+    whole, _, fraction = shown.partition(".")
+
+    assert Decimal(shown) == value
+    assert "E" not in shown and "e" not in shown and not shown.startswith("+")
+    assert len(fraction) >= places
+    assert len(fraction) == places or not fraction.endswith("0")
+    assert shown != "-0" and not (whole == "-0" and Decimal(shown) == 0)
+    assert money.text(value.normalize(Context(prec=80)), places) == shown
 
 
 def test_cost_rounds_half_even_at_twelve_places() -> None:

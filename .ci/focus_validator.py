@@ -45,15 +45,23 @@ CLAIMED = (
 
 
 def python312() -> str:
-    """A Python 3.12: on PATH, or from pyenv, which these machines have."""
-    found = shutil.which("python3.12")
-    if found:
-        return found
+    """A Python 3.12 that runs: pyenv's, which these machines have, else one
+    on PATH. A pyenv shim on PATH is no proof: it fails when 3.12 is
+    installed but not selected, so every candidate is tried."""
     root = os.environ.get("PYENV_ROOT", str(Path.home() / ".pyenv"))
     candidates = sorted(glob.glob(f"{root}/versions/3.12*/bin/python3.12"))
-    if not candidates:
-        sys.exit("focus_validator: no Python 3.12 (the validator needs it)")
-    return candidates[-1]
+    on_path = shutil.which("python3.12")
+    for candidate in [*reversed(candidates), *([on_path] if on_path else [])]:
+        answer = subprocess.run(
+            [candidate, "-c", "import sys; print(sys.version_info[:2])"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        if answer.returncode == 0 and answer.stdout.strip() == "(3, 12)":
+            return candidate
+    sys.exit("focus_validator: no working Python 3.12 (the validator needs it)")
 
 
 def ensure_venv() -> Path:

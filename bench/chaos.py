@@ -652,31 +652,27 @@ async def compare(
         "unclean SIGTERM exits": sum(1 for code in tally.sigterm_exits if code != 0),
     }
     wall = time.monotonic() - started
+    lines = {
+        "events in": f"{total_in} input records ({a['applied']} applied, "
+        f"{a['outcomes']['duplicate']} duplicates, "
+        f"{a['outcomes']['dead_letter']} dead letters)",
+        "rows out": f"{len(chaos)} on the charges topic "
+        f"({len(reference)} in the clean run)",
+        "kills survived": f"{tally.kills}: {tally.external_kills} SIGKILL from "
+        f"outside, {dict(tally.fault_kills)} at fault points",
+        "restarts survived": f"Kafka {tally.kafka_restarts}, PostgreSQL "
+        f"{tally.postgres_restarts}, partition takeovers {tally.takeovers}, "
+        f"fatal exits restarted {tally.fatal_exits}",
+        **{name: str(value) for name, value in checks.items()},
+    }
+    if tally.other_exits:
+        lines["exits"] = str(tally.other_exits)
+    lines["wall time"] = f"{wall:.0f} s"
+    width = max(len(name) for name in lines) + 2
     print()
     print("chaos summary")
-    print(
-        f"  events in               {total_in} input records "
-        f"({a['applied']} applied, {a['outcomes']['duplicate']} duplicates, "
-        f"{a['outcomes']['dead_letter']} dead letters)"
-    )
-    print(
-        f"  rows out                {len(chaos)} on the charges topic "
-        f"({len(reference)} in the clean run)"
-    )
-    print(
-        f"  kills survived          {tally.kills}: {tally.external_kills} SIGKILL from "
-        f"outside, {dict(tally.fault_kills)} at fault points"
-    )
-    print(
-        f"  restarts survived       Kafka {tally.kafka_restarts}, PostgreSQL "
-        f"{tally.postgres_restarts}, partition takeovers {tally.takeovers}, "
-        f"fatal exits restarted {tally.fatal_exits}"
-    )
-    for name, value in checks.items():
-        print(f"  {name:<24}{value}")
-    if tally.other_exits:
-        print(f"  exits                   {tally.other_exits}")
-    print(f"  wall time               {wall:.0f} s")
+    for name, value in lines.items():
+        print(f"  {name.ljust(width)}{value}")
     missed = [p for p in FAULT_POINTS if not tally.fault_kills.get(p)]
     if missed:
         print(f"  fault points never struck {missed}")

@@ -100,12 +100,15 @@ class LedgerRun:
     first_row_s: float
     done_s: float
     started_s: float
+    claimed_s: float
     complete: bool
     memory: list[Memory]
 
     @property
     def rate_per_s(self) -> float:
-        return self.events / max(self.done_s - self.first_row_s, 1e-9)
+        """Usage events over the time from owning the input partitions to the
+        last row out: reading, holding, booking and publishing all count."""
+        return self.events / max(self.done_s - self.claimed_s, 1e-9)
 
 
 @dataclass(slots=True)
@@ -338,7 +341,8 @@ async def ledger(
     purchases: int,
     usage: int,
     logs: Path,
-    latency: Callable[[RowReader, list[subprocess.Popen[bytes]]], Any] | None = None,
+    latency: Callable[[RowReader, list[subprocess.Popen[bytes]], float], Any]
+    | None = None,
 ) -> tuple[LedgerRun, Any]:
     """Run `instances` processes over the backlog until every row is out."""
     await fresh_database(settings)
@@ -356,6 +360,7 @@ async def ledger(
     measured: Any = None
     try:
         await wait_claimed(settings, processes[0], 120)
+        claimed = time.monotonic()
         expected = purchases + usage
         complete = await reader.read_until(
             expected,
@@ -365,7 +370,8 @@ async def ledger(
         done = reader.last_s
         backlog_rows = dict(reader.rows)
         if complete and latency is not None:
-            measured = await latency(reader, processes)
+            rate = usage / max(done - claimed, 1e-9)
+            measured = await latency(reader, processes, rate)
     finally:
         stop.set()
         await sampler
@@ -379,6 +385,7 @@ async def ledger(
         first_row_s=reader.first_s,
         done_s=done,
         started_s=started,
+        claimed_s=claimed,
         complete=complete,
         memory=memory,
     )
@@ -504,7 +511,9 @@ async def run(form: Form, seed: int) -> int:
         runs.append(result)
         latency = latency or measured
         print(
-            f"  {count} instance(s): {result.rate_per_s:,.0f} events/s"
+            f"  {count} instance(s): {result.rate_per_s:,.0f} events/s; first row "
+            f"{result.first_row_s - result.claimed_s:.1f} s after claiming, last "
+            f"{result.done_s - result.claimed_s:.1f} s"
             f"{'' if result.complete else ' (INCOMPLETE)'}",
             flush=True,
         )
@@ -514,12 +523,12 @@ async def run(form: Form, seed: int) -> int:
 
 def _deferred_probe(
     settings: Settings, seconds: float
-) -> Callable[[RowReader, list[subprocess.Popen[bytes]]], Any]:
+) -> Callable[[RowReader, list[subprocess.Popen[bytes]], float], Any]:
     """The latency probe at half the rate measured just before it starts."""
 
-    async def probe(reader: RowReader, processes: list[subprocess.Popen[bytes]]) -> Any:
-        rows = len(reader.rows)
-        rate = rows / max(reader.last_s - reader.first_s, 1e-9)
+    async def probe(
+        reader: RowReader, processes: list[subprocess.Popen[bytes]], rate: float
+    ) -> Any:
         return await latency_probe(settings, rate / 2, seconds)(reader, processes)
 
     return probe

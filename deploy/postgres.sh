@@ -121,9 +121,16 @@ listen_addresses = '$STACK_HOST'
 unix_socket_directories = '$SOCKET_DIR'
 # Test suites open a pool per worker; the default 100 runs out under xdist.
 max_connections = 200
-shared_buffers = 128MB
-# fsync stays on: crash tests must see what a real server would keep.
+shared_buffers = 512MB
+# fsync and synchronous commit stay on: crash tests must see what a real
+# server would keep.
 fsync = on
+synchronous_commit = on
+# The ledger writes in large batches: fewer checkpoints mean fewer full-page
+# images in the WAL, and compressing those that remain halves their volume.
+max_wal_size = 4GB
+checkpoint_timeout = 15min
+wal_compression = lz4
 log_line_prefix = '%m [%p] %q%u@%d '
 log_min_duration_statement = 1000
 EOF

@@ -232,6 +232,30 @@ class Sequencer:
         stream = self._streams.get(partition)
         return stream is None or not stream.heap or stream.heap[0].event.time >= moment
 
+    def running_ahead(self) -> set[tuple[str, int]]:
+        """Input partitions whose events are later than another input topic's
+        of the same partition, where events are held.
+
+        Reading these further only adds to what is held; reading the others
+        is what releases it. A caller that must bound memory may stop
+        reading these, never the others: the topic furthest behind keeps
+        moving until it passes the held events or reaches its end.
+        """
+        ahead: set[tuple[str, int]] = set()
+        for partition, stream in self._streams.items():
+            if not stream.heap:
+                continue
+            known = {t: stream.time_max[t] for t in self.topics if t in stream.time_max}
+            if not known:
+                continue
+            behind = min(known.values()) if len(known) == len(self.topics) else None
+            ahead.update(
+                (topic, partition)
+                for topic, time in known.items()
+                if behind is None or time > behind
+            )
+        return ahead
+
     def resume_offsets(self) -> dict[tuple[str, int], int]:
         """Per input partition, the offset to resume from after a restart.
 

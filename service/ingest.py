@@ -97,6 +97,7 @@ class _PartitionOwner(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
         async with self.ingest.lock:
             self.ingest.bookkeeper.revoke((tp.topic, tp.partition) for tp in revoked)
+            self.ingest._paused -= {(tp.topic, tp.partition) for tp in revoked}
         log.info("partitions revoked", extra={"partitions": _names(revoked)})
 
     async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
@@ -129,6 +130,7 @@ class Ingest(ServiceProbe):
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._api: _ApiServer | None = None
+        self._paused: set[tuple[str, int]] = set()
         self._backlog: int | None = None
         self._joined_s = time.monotonic()
         self.joined = False
@@ -185,6 +187,43 @@ class Ingest(ServiceProbe):
         records = [_input_record(record) for record in message.raw_message]
         async with self.lock:
             await self._book(records)
+            self._pace()
+
+    def _pace(self) -> None:
+        """Bound what is read ahead: while the ordering buffer holds more than
+        `ordering_read_ahead_events_max` events, stop fetching the partitions
+        that run ahead of their other topic, and fetch them again below half.
+
+        A backlog read from the start would otherwise be decoded and held
+        almost whole while the lagging topic catches up. The lagging topic
+        is never paused, so what is held is always released in the end.
+        """
+        consumer = self.subscriber.consumer
+        if consumer is None:
+            return
+        limit = self.settings.ordering_read_ahead_events_max
+        held = self.bookkeeper.held
+        ahead = self.bookkeeper.sequencer.running_ahead()
+        if held >= limit:
+            wanted = ahead
+        elif held < limit // 2:
+            wanted = set()
+        else:
+            wanted = self._paused & ahead
+        assigned = {(tp.topic, tp.partition) for tp in consumer.assignment()}
+        wanted &= assigned
+        stop = wanted - self._paused
+        go = (self._paused - wanted) & assigned
+        if stop:
+            consumer.pause(*(TopicPartition(t, p) for t, p in sorted(stop)))
+        if go:
+            consumer.resume(*(TopicPartition(t, p) for t, p in sorted(go)))
+        if stop or go:
+            log.debug(
+                "read-ahead paced",
+                extra={"held": held, "paused": _names_of(wanted)},
+            )
+        self._paused = wanted
 
     def _declare_outputs(self) -> None:
         """The topics the relay writes, declared to FastStream for the AsyncAPI
@@ -374,6 +413,7 @@ class Ingest(ServiceProbe):
                 continue
             async with self.lock:
                 await self._book([])
+                self._pace()
             self._report_progress()
 
     def _report_progress(self) -> None:
@@ -563,3 +603,7 @@ def _input_record(record: ConsumerRecord) -> InputRecord:
 
 def _names(partitions: Sequence[TopicPartition]) -> list[str]:
     return sorted(f"{tp.topic}[{tp.partition}]" for tp in partitions)
+
+
+def _names_of(partitions: set[tuple[str, int]]) -> list[str]:
+    return sorted(f"{topic}[{partition}]" for topic, partition in partitions)

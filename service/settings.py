@@ -97,6 +97,12 @@ class Settings(BaseSettings):
         "Most events held in memory; beyond it the oldest go at once.",
         ge=1_000,
     )
+    ordering_read_ahead_events_max: int = _f(
+        20_000,
+        "Held events beyond which the consumer stops fetching the input "
+        "partitions that run ahead of the other topic; it resumes below half.",
+        ge=100,
+    )
 
     batch_records_max: int = _f(
         2000, "Most records in one batch transaction.", ge=1, le=100_000

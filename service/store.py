@@ -266,10 +266,12 @@ class Store:
         accounts: dict[str, Account],
         refunded: dict[str, set[str]],
     ) -> None:
+        keys = [(account_id,) for account_id in ids]
         table = ACCOUNTS
-        for row in await conn.execute(
-            sa.select(table).where(table.c.account_id.in_(ids))
-        ):
+        query = _matching(
+            conn, sa.select(table), (table.c.account_id,), keys, (sa.Text,)
+        )
+        for row in await conn.execute(query):
             account = accounts[row.account_id]
             account.partition = row.partition
             account.name = row.name
@@ -278,7 +280,14 @@ class Store:
             account.last_event_at = row.last_event_at
             account.alerts = AlertState.from_json(row.alert_state)
         lots = LOTS
-        wanted = sa.and_(lots.c.account_id.in_(ids), lots.c.status == LotStatus.OPEN)
+        query = _matching(
+            conn,
+            sa.select(lots).where(lots.c.status == LotStatus.OPEN),
+            (lots.c.account_id,),
+            keys,
+            (sa.Text,),
+        )
+        found = {row.lot_id: _lot(row) for row in await conn.execute(query)}
         named = [
             sa.and_(
                 lots.c.account_id == account_id, lots.c.purchase_id.in_(sorted(names))
@@ -286,14 +295,20 @@ class Store:
             for account_id, names in refunded.items()
             if account_id in accounts and account_id in set(ids)
         ]
-        query = sa.select(lots).where(sa.or_(wanted, *named))
-        for row in await conn.execute(query):
-            accounts[row.account_id].lots.append(_lot(row))
+        if named:
+            for row in await conn.execute(sa.select(lots).where(sa.or_(*named))):
+                found.setdefault(row.lot_id, _lot(row))
+        for lot in found.values():
+            accounts[lot.account_id].lots.append(lot)
         for account in accounts.values():
             account.lots.sort(key=lambda lot: lot.fifo_key)
         deficits = DEFICITS
-        query = sa.select(deficits).where(
-            deficits.c.account_id.in_(ids), deficits.c.credits > 0
+        query = _matching(
+            conn,
+            sa.select(deficits).where(deficits.c.credits > 0),
+            (deficits.c.account_id,),
+            keys,
+            (sa.Text,),
         )
         for row in await conn.execute(query):
             accounts[row.account_id].deficits.append(_deficit(row))
@@ -553,6 +568,9 @@ class Store:
     ) -> None:
         if not rows:
             return
+        if conn.dialect.name == "postgresql":
+            await conn.execute(_upsert_unnested(table, rows, keys))
+            return
         statement = _insert(conn, table)
         update = {
             column: getattr(statement.excluded, column)
@@ -562,6 +580,37 @@ class Store:
         await conn.execute(
             statement.on_conflict_do_update(index_elements=keys, set_=update), rows
         )
+
+
+def _upsert_unnested(
+    table: sa.Table, rows: list[dict[str, Any]], keys: list[str]
+) -> Any:
+    """One PostgreSQL statement for many rows: each column travels as one
+    array parameter and is unnested into the rows to insert or update,
+    instead of a parameter per value (thousands for a batch's lots)."""
+    columns = list(rows[0])
+    arrays = [
+        sa.literal(
+            [row[name] for row in rows],
+            type_=postgresql.ARRAY(_element_type(table.c[name].type)),
+        )
+        for name in columns
+    ]
+    source = sa.select(sa.func.unnest(*arrays).table_valued(*columns).render_derived())
+    statement = postgresql.insert(table).from_select(columns, source)
+    update = {
+        column: statement.excluded[column] for column in columns if column not in keys
+    }
+    return statement.on_conflict_do_update(index_elements=keys, set_=update)
+
+
+def _element_type(kind: sa.types.TypeEngine[Any]) -> sa.types.TypeEngine[Any]:
+    """The PostgreSQL type of one array element for a column's type."""
+    if isinstance(kind, sa.types.TypeDecorator):
+        return _element_type(kind.impl_instance)
+    if isinstance(kind, sa.JSON):
+        return postgresql.JSONB(none_as_null=True)
+    return kind
 
 
 def _json_text(value: object) -> str:

@@ -133,3 +133,19 @@ def test_only_the_handled_prefix_of_a_partition_counts_as_its_progress() -> None
     assert subject.prefix_time_max("purchases", 0) is None
     subject.release(0.0, flush=True)
     assert subject.prefix_time_max("purchases", 0) == at("2025-04-01T10:05:00Z")
+
+
+def test_only_the_topics_running_ahead_may_be_paused() -> None:
+    subject = sequencer(hold_s=60)
+    subject.add(usage("u", "2025-04-01T10:00:05Z"), Position("usage", 0, 0), 0.0)
+    alone = subject.running_ahead()
+    subject.add(top_up("p", "2025-04-01T10:00:01Z"), Position("purchases", 0, 0), 0.0)
+    behind_purchases = subject.running_ahead()
+    subject.add(top_up("q", "2025-04-01T10:00:05Z"), Position("purchases", 0, 1), 0.0)
+    level = subject.running_ahead()
+
+    # Usage alone: purchases unseen, so only usage may stop. Purchases behind
+    # it: usage still. Both at 10:00:05: neither, or nothing would move.
+    assert alone == {("usage", 0)}
+    assert behind_purchases == {("usage", 0)}
+    assert level == set()

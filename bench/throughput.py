@@ -60,7 +60,10 @@ from service.topics import ensure_topics
 
 PRODUCE_CHUNK_RECORDS = 5_000
 RSS_SAMPLE_INTERVAL_S = 0.5
-QUIET_AFTER_S = 3.0
+RATE_TARGET_PER_S = 10_000
+CEILING_SHARE_TARGET = 0.40
+P99_TARGET_MS = 500
+RSS_GROWTH_TARGET = 0.10
 
 
 @dataclass(frozen=True, slots=True)
@@ -470,9 +473,11 @@ def _percentiles(values: list[float]) -> dict[str, float]:
     return {"p50": cuts[49], "p99": cuts[98], "max": values[-1]}
 
 
-async def run(form: Form, seed: int) -> int:
+async def run(form: Form, seed: int, hold_ms: int | None) -> int:
     run_id = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
     base = Settings(prices_path=REPO_ROOT / "examples" / "prices.toml")
+    if hold_ms is not None:
+        base = base.model_copy(update={"ordering_hold_max_ms": hold_ms})
     inputs = {
         "topic_purchases": f"bench-{run_id}.credits.purchases",
         "topic_usage": f"bench-{run_id}.usage.events",
@@ -481,7 +486,10 @@ async def run(form: Form, seed: int) -> int:
     logs.mkdir(parents=True, exist_ok=True)
     first = _settings(base, run_id, "x1", **inputs)
     await ensure_topics(first)
-    print(f"bench {run_id}: {form.accounts} accounts, {form.events} usage events")
+    print(
+        f"bench {run_id}: {form.accounts} accounts, {form.events} usage events, "
+        f"ordering hold {base.ordering_hold_max_ms} ms"
+    )
     print(f"  logs in {logs.relative_to(REPO_ROOT)}", flush=True)
 
     purchases, usage = generate(form, seed)
@@ -518,7 +526,7 @@ async def run(form: Form, seed: int) -> int:
             flush=True,
         )
     runs.sort(key=lambda run: run.instances)
-    return report(form, ceiling, runs, latency, sizes)
+    return report(form, base.ordering_hold_max_ms, ceiling, runs, latency, sizes)
 
 
 def _deferred_probe(
@@ -536,6 +544,7 @@ def _deferred_probe(
 
 def report(
     form: Form,
+    hold_ms: int,
     ceiling: float,
     runs: list[LedgerRun],
     latency: Latency | None,
@@ -547,7 +556,8 @@ def report(
     print(f"focus-ledger throughput, {os.cpu_count()} cores, Kafka and PostgreSQL on")
     print(
         f"the same machine; {form.accounts:,} accounts, {form.events:,} usage "
-        f"events of {statistics.mean(sizes):.0f} bytes on average"
+        f"events of {statistics.mean(sizes):.0f} bytes on average; ordering "
+        f"hold {hold_ms} ms"
     )
     print()
     lines = []
@@ -559,10 +569,20 @@ def report(
             )
         )
     lines.append(
-        ("focus-ledger, 1 instance, exactly once", f"{single.rate_per_s:,.0f} events/s")
+        (
+            "focus-ledger, 1 instance, exactly once",
+            f"{single.rate_per_s:,.0f} events/s"
+            + _target(single.rate_per_s >= RATE_TARGET_PER_S, "10,000 events/s"),
+        )
     )
     if ceiling:
-        lines.append(("ratio to the ceiling", f"{single.rate_per_s / ceiling:.0%}"))
+        share = single.rate_per_s / ceiling
+        lines.append(
+            (
+                "ratio to the ceiling",
+                f"{share:.0%}" + _target(share >= CEILING_SHARE_TARGET, "40 %"),
+            )
+        )
     for other in runs[1:]:
         same = other.rows == single.rows
         ok = ok and same
@@ -579,14 +599,13 @@ def report(
             (
                 f"latency at {latency.offered_per_s:,.0f} events/s offered",
                 f"p50 {cut.get('p50', 0):,.0f} ms, p99 {cut.get('p99', 0):,.0f} ms, "
-                f"max {cut.get('max', 0):,.0f} ms ({latency.seen}/{latency.sent} seen)",
+                f"max {cut.get('max', 0):,.0f} ms ({latency.seen}/{latency.sent} seen)"
+                + _target(cut.get("p99", 1e9) <= P99_TARGET_MS, "p99 500 ms"),
             )
         )
         ok = ok and latency.seen == latency.sent
     memory = single.memory[0]
-    early = memory.after(
-        single.first_row_s + 0.2 * (single.done_s - single.first_row_s)
-    )
+    early = memory.after(single.claimed_s + 0.2 * (single.done_s - single.claimed_s))
     late = memory.after(single.done_s) or memory.last_kib
     lines.append(("peak RSS, 1 instance", f"{memory.peak_kib / 1024:,.0f} MiB"))
     if early:
@@ -594,7 +613,12 @@ def report(
             (
                 "RSS growth, 20 % to 100 % of the run",
                 f"{early / 1024:,.0f} -> {late / 1024:,.0f} MiB "
-                f"({late / early - 1:+.1%})",
+                f"({late / early - 1:+.1%})"
+                + (
+                    _target(late / early - 1 < RSS_GROWTH_TARGET, "under 10 %")
+                    if form is SCALE
+                    else ""
+                ),
             )
         )
     width = max(len(name) for name, _ in lines)
@@ -603,6 +627,10 @@ def report(
     print()
     print("result: " + ("complete" if ok else "INCOMPLETE OR DIFFERENT"))
     return 0 if ok else 1
+
+
+def _target(met: bool, target: str) -> str:
+    return f"  [target {target}: {'met' if met else 'NOT MET'}]"
 
 
 def _difference(single: LedgerRun, other: LedgerRun) -> str:
@@ -625,9 +653,16 @@ def main() -> None:
     forms.add_argument("--short", action="store_true", help="a quick look")
     forms.add_argument("--scale", action="store_true", help="1M events, 100k accounts")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--hold-ms",
+        type=int,
+        default=None,
+        help="FOCUS_LEDGER_ORDERING_HOLD_MAX_MS for the measured processes "
+        "(default: the service's own); the hold bounds latency from below",
+    )
     arguments = parser.parse_args()
     form = SHORT if arguments.short else SCALE if arguments.scale else FULL
-    sys.exit(asyncio.run(run(form, arguments.seed)))
+    sys.exit(asyncio.run(run(form, arguments.seed, arguments.hold_ms)))
 
 
 if __name__ == "__main__":

@@ -63,10 +63,9 @@ SKUS = (
     ("image-1024", 1, 4),
     ("image-1024-hd", 1, 2),
 )
-# Every start of a process arms all four fault points with a small chance
-# each, so over a run each point is struck: inside a batch, after its commit,
-# and on both sides of the relay's Kafka commit (only the relay leader meets
-# those two).
+# Every start of a process arms all four fault points: inside a batch, after
+# its commit, and on both sides of the relay's Kafka commit (only the relay
+# leader meets those two).
 FAULT_POINTS = (
     "batch_after_fence",
     "batch_after_commit",
@@ -74,6 +73,9 @@ FAULT_POINTS = (
     "relay_after_commit",
 )
 FAULT_CHANCE = 0.02
+# Each start also focuses on one point, in turn, with a higher chance, so
+# that every point is struck in a run however fast the batches go.
+FOCUSED_FAULT_CHANCE = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +225,7 @@ class Instance:
     starts: int = 0
     killed_by_us: bool = False
     armed: bool = False
+    offset: int = 0
 
     def start(self) -> None:
         self.starts += 1
@@ -232,8 +235,10 @@ class Instance:
         seed = (self.settings.fault_seed or 0) * 1000 + self.starts
         update: dict[str, Any] = {"fault_seed": seed}
         if self.armed:
+            focus = FAULT_POINTS[(self.starts + self.offset) % len(FAULT_POINTS)]
             update["fault_points"] = ",".join(
-                f"{p}:{FAULT_CHANCE}" for p in FAULT_POINTS
+                f"{p}:{FOCUSED_FAULT_CHANCE if p == focus else FAULT_CHANCE}"
+                for p in FAULT_POINTS
             )
         self.process = start_service(self.settings.model_copy(update=update), log)
         self.killed_by_us = False
@@ -549,6 +554,7 @@ async def run(form: Form, seed: int, debug: bool = False) -> int:
             faulty.model_copy(update={"fault_seed": seed + i}),
             logs,
             armed=True,
+            offset=2 * i,
         )
         for i in range(2)
     ]

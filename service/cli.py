@@ -382,16 +382,34 @@ def _progress(total: int, label: str) -> Any:
 
 @app.command("export")
 def export_rows(
-    out: Annotated[Path, typer.Option(help="file to write (.csv or .parquet)")],
+    out: Annotated[
+        Path | None,
+        typer.Option(help="file to write; its suffix (.csv, .parquet) is the format"),
+    ] = None,
     period: Annotated[
         str | None, typer.Option(help="billing period, e.g. 2025-04")
     ] = None,
     billing_account: Annotated[str | None, typer.Option(help="one account")] = None,
+    file_format: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            help="csv or parquet; without --out the file is focus-PERIOD.FORMAT",
+        ),
+    ] = None,
     aggregate: Annotated[bool, typer.Option(help="fold usage rows")] = False,
 ) -> None:
     """Export FOCUS rows from the ledger, with metadata, and check them."""
+    if file_format is not None and file_format not in ("csv", "parquet"):
+        raise typer.BadParameter("--format is csv or parquet")
+    if out is None:
+        if file_format is None:
+            raise typer.BadParameter("give --out FILE or --format csv|parquet")
+        out = Path(f"focus-{period or 'all'}.{file_format}")
     if out.suffix not in (".csv", ".parquet"):
         raise typer.BadParameter("--out must end in .csv or .parquet")
+    if file_format is not None and out.suffix != f".{file_format}":
+        raise typer.BadParameter(f"--out {out} is not a .{file_format} file")
     if period is not None and not PERIOD.match(period):
         raise typer.BadParameter("--period is YYYY-MM")
 

@@ -69,6 +69,9 @@ def _demo_settings(settings: Settings, run: str) -> Settings:
         "topic_dead_letter": f"demo-{run}.ledger.dead-letter",
         "topic_alerts": f"demo-{run}.ledger.alerts",
         "topic_relay_checkpoints": f"demo-{run}.ledger.relay-checkpoints",
+        # The demo's short-lived service needs no HTTP API; without it, the
+        # demo cannot clash with whatever else listens on the API's port.
+        "api_port": 0,
     }
     return settings.model_copy(update=overrides)
 

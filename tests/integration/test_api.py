@@ -8,7 +8,7 @@ transport, so every request runs the real routing, validation and queries.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
@@ -17,23 +17,20 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy.engine import make_url
 
 from service.api import build_api
 from service.database import create_engine
 from service.replay import replay
 from service.reports import reconcile_invoice
-from service.settings import REPO_ROOT, Settings
+from service.settings import Settings
 from service.views import as_data
-from tests.conftest import admin_sql
 from tests.factories import sample_prices
+from tests.integration.conftest import DEMO_END, DEMO_EVENTS
 
 pytestmark = pytest.mark.integration
 
-EVENTS = REPO_ROOT / "examples" / "events.jsonl"
 READER = "ops:read:r-0123456789abcdef"
 ADMIN = "root:admin:a-0123456789abcdef"
-END = "2026-12-01T00:00:00Z"
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -41,30 +38,9 @@ def bearer(token: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def booked_url(postgres_url: str, postgres_template: str) -> Iterator[str]:
-    """A database of the module's own, for the demo month booked once."""
-    name = "focus_ledger_test_api"
-    admin_sql(
-        postgres_url,
-        f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)',
-        f'CREATE DATABASE "{name}" TEMPLATE "{postgres_template}"',
-    )
-    url = make_url(postgres_url).set(database=name).render_as_string(False)
-    yield url
-    admin_sql(postgres_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-@pytest.fixture(scope="module")
-async def api(booked_url: str) -> AsyncIterator[FastAPI]:
-    settings = Settings(ordering_hold_max_ms=0, api_tokens=f"{READER},{ADMIN}")
-    await replay(
-        EVENTS,
-        sample_prices(),
-        settings,
-        database_url=booked_url,
-        as_of=datetime.fromisoformat(END),
-    )
-    engine = create_engine(settings, booked_url)
+async def api(demo_month_url: str) -> AsyncIterator[FastAPI]:
+    settings = Settings(api_tokens=f"{READER},{ADMIN}")
+    engine = create_engine(settings, demo_month_url)
     yield build_api(engine, settings)
     await engine.dispose()
 
@@ -137,7 +113,7 @@ async def test_health_needs_no_token(client: httpx.AsyncClient) -> None:
         "2026-11-10T12:00:00Z",
         "2026-11-17T02:00:00Z",
         "2026-11-21T00:00:00Z",
-        END,
+        DEMO_END,
     ],
 )
 async def test_a_balance_as_of_an_instant_equals_a_replay_up_to_it(
@@ -146,7 +122,7 @@ async def test_a_balance_as_of_an_instant_equals_a_replay_up_to_it(
     moment = datetime.fromisoformat(instant)
     lines = [
         line
-        for line in EVENTS.read_text().splitlines()
+        for line in DEMO_EVENTS.read_text().splitlines()
         if (time := _time_of(line)) is None or time <= moment
     ]
     partial = tmp_path / "partial.jsonl"
@@ -242,9 +218,9 @@ async def test_history_pages_with_a_cursor_and_a_bounded_size(
 
 
 async def test_reconciliation_is_the_same_as_the_cli_report(
-    client: httpx.AsyncClient, booked_url: str
+    client: httpx.AsyncClient, demo_month_url: str
 ) -> None:
-    engine = create_engine(Settings(), booked_url)
+    engine = create_engine(Settings(), demo_month_url)
     async with engine.connect() as conn:
         expected = as_data(await reconcile_invoice(conn, "INV-2026-10-0001"))
     await engine.dispose()

@@ -13,9 +13,8 @@ import asyncio
 import os
 import shutil
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import datetime
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -24,21 +23,16 @@ import httpx
 import pytest
 import uvicorn
 from fastapi import FastAPI
-from sqlalchemy.engine import make_url
 
 from service.api import UI_PAGE, build_api
 from service.database import create_engine
-from service.replay import replay
-from service.settings import REPO_ROOT, Settings
-from tests.conftest import ARTIFACTS, admin_sql
-from tests.factories import sample_prices
+from service.settings import Settings
+from tests.conftest import ARTIFACTS
 
 pytestmark = pytest.mark.integration
 
-EVENTS = REPO_ROOT / "examples" / "events.jsonl"
 READER = "ops:read:r-0123456789abcdef"
 SECRET = READER.split(":", 2)[2]
-END = "2026-12-01T00:00:00Z"
 SCREENSHOT = ARTIFACTS / "ui-ops-page.png"
 ROWS_SHOWN = 20
 BROWSER_TIMEOUT_S = 60
@@ -65,30 +59,9 @@ def chromium() -> str:
 
 
 @pytest.fixture(scope="module")
-def booked_url(postgres_url: str, postgres_template: str) -> Iterator[str]:
-    """A database of the module's own, for the demo month booked once."""
-    name = "focus_ledger_test_ui"
-    admin_sql(
-        postgres_url,
-        f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)',
-        f'CREATE DATABASE "{name}" TEMPLATE "{postgres_template}"',
-    )
-    url = make_url(postgres_url).set(database=name).render_as_string(False)
-    yield url
-    admin_sql(postgres_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-@pytest.fixture(scope="module")
-async def api(booked_url: str) -> AsyncIterator[FastAPI]:
-    settings = Settings(ordering_hold_max_ms=0, api_tokens=READER)
-    await replay(
-        EVENTS,
-        sample_prices(),
-        settings,
-        database_url=booked_url,
-        as_of=datetime.fromisoformat(END),
-    )
-    engine = create_engine(settings, booked_url)
+async def api(demo_month_url: str) -> AsyncIterator[FastAPI]:
+    settings = Settings(api_tokens=READER)
+    engine = create_engine(settings, demo_month_url)
     yield build_api(engine, settings)
     await engine.dispose()
 

@@ -39,7 +39,7 @@ def create_engine(settings: Settings, url: str | None = None) -> AsyncEngine:
     return create_async_engine(
         target,
         isolation_level="READ COMMITTED",
-        json_serializer=_json_text,
+        json_serializer=json_text,
         pool_size=settings.db_pool_size,
         max_overflow=2,
         pool_timeout=settings.db_statement_timeout_ms / 1000,
@@ -55,7 +55,7 @@ def create_engine(settings: Settings, url: str | None = None) -> AsyncEngine:
     )
 
 
-def _json_text(value: object) -> str:
+def json_text(value: object) -> str:
     """JSON columns hold rendered rows and small documents of text; orjson
     writes them several times faster than the standard library."""
     return orjson.dumps(value).decode()

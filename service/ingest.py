@@ -58,11 +58,11 @@ from service.topics import TopicLayoutError, ensure_topics
 log = logging.getLogger(__name__)
 
 # One Kafka record of either input topic, as the contract describes it.
+_PAYLOADS = topic_payloads()
 InputEvents = Annotated[
     Any,
     WithJsonSchema(
-        one_of(topic_payloads()["purchases"], topic_payloads()["usage"]),
-        mode="validation",
+        one_of(_PAYLOADS["purchases"], _PAYLOADS["usage"]), mode="validation"
     ),
 ]
 
@@ -517,7 +517,7 @@ class Ingest(ServiceProbe):
     def readiness(self) -> dict[str, Any]:
         """The consumer's side of `/readyz`."""
         consumer = self.subscriber.consumer
-        waiting = bool(self._lag()) and any(self._lag().values())
+        waiting = any(self._lag().values())
         idle_s = time.monotonic() - max(self.state.last_batch_s, self._joined_s)
         return {
             "started": self.state.started,

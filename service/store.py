@@ -23,7 +23,6 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -35,6 +34,7 @@ from ledger.events import Event
 from ledger.lots import Lot, LotStatus, check_conservation
 from ledger.metering import Metered
 from ledger.ordering import Position
+from service.database import json_text
 from service.tables import (
     ACCOUNTS,
     DEFICITS,
@@ -550,7 +550,7 @@ class Store:
             columns=columns,
             records=[
                 tuple(
-                    _json_text(row[name])
+                    json_text(row[name])
                     if name in documents and row[name] is not None
                     else row[name]
                     for name in columns
@@ -613,10 +613,6 @@ def _element_type(kind: sa.types.TypeEngine[Any]) -> sa.types.TypeEngine[Any]:
     return kind
 
 
-def _json_text(value: object) -> str:
-    return orjson.dumps(value).decode()
-
-
 def _matching(
     conn: AsyncConnection,
     query: sa.Select[Any],
@@ -633,10 +629,8 @@ def _matching(
     if conn.dialect.name != "postgresql":
         return query.where(sa.tuple_(*columns).in_(keys))
     arrays = [
-        sa.literal(
-            [key[n] for key in keys], type_=postgresql.ARRAY(kind(), dimensions=1)
-        )
-        for n, kind in enumerate(types or (sa.Text,) * len(columns))
+        sa.literal([key[n] for key in keys], type_=postgresql.ARRAY(kind()))
+        for n, kind in enumerate(types)
     ]
     wanted = (
         sa.func.unnest(*arrays)
